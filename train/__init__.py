@@ -1,0 +1,1 @@
+"""ulffn_deploy.train"""

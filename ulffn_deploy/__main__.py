@@ -1,0 +1,3 @@
+from ulffn_deploy.cli import main
+
+main()
