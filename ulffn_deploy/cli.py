@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         _fail("interrupted", 130)
     except click.ClickException as exc:
-        command = click.get_current_context(silent=True)
-        where = f" (see 'ulffn-deploy {command.info_name if command else ''} --help')".replace(" ' --help", "' --help")
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         _fail(exc.format_message() + where, exc.exit_code if exc.exit_code else EXIT_USAGE)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -41,7 +41,8 @@ FOLDERS: dict[tuple[int, str], tuple[str, str]] = {
 
 _IMAGE_NAME = re.compile(r"^(ISIC_\d{7})$", re.IGNORECASE)
 _MASK_NAME = re.compile(r"^(ISIC_\d{7})_segmentation$", re.IGNORECASE)
-_SYNTH_HINT = "point it at the folder holding the unzipped ISIC folders, or make a synthetic set with 'ulffn-deploy synth DIR'"
+_SYNTH_HINT = ("give the folder that holds the unzipped ISIC folders, "
+               "or make a synthetic set with 'ulffn-deploy synth DIR'")
 _LISTED_IDS = 5
 
 
@@ -95,11 +96,11 @@ class IsicSegmentation(Sequence[Sample]):
     (for prediction on an ISIC image folder); ``load`` then refuses, ``load_image`` works.
     """
 
-    def __init__(self, root: str | Path, year: int = 2016, split: str = "train", *, masks: bool = True) -> None:
+    def __init__(self, root: str | Path, year: int | str = 2016, split: str = "train", *,
+                 masks: bool = True) -> None:
         self.root = Path(root)
-        self.year = int(year)
-        self.split = split
-        image_name, mask_name = _folder_names(self.year, split)
+        image_name, mask_name = _folder_names(year, split)
+        self.year, self.split = int(year), split
         self.image_dir = self._find(image_name, "images")
         images = _scan(self.image_dir, _IMAGE_NAME, IMAGE_SUFFIXES)
         if not images:
@@ -168,15 +169,17 @@ class IsicSegmentation(Sequence[Sample]):
         return load_sample(self.samples[index])
 
 
-def _folder_names(year: int, split: str) -> tuple[str, str]:
-    if year not in YEARS:
+def _folder_names(year: int | str, split: str) -> tuple[str, str]:
+    if str(year) not in {str(y) for y in YEARS}:  # 2016 and "2016" both work
         raise UlffnError(f"unknown ISIC year {year}", f"use one of {', '.join(map(str, YEARS))}")
     if split not in SPLITS:
         raise UlffnError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
+    year = int(year)
     if (year, split) not in FOLDERS:
         raise UlffnError(f"ISIC {year} has no {split} split",
-                         "hold out part of the training set with split_train_val (the paper validates on 200 "
-                         "of the 900 ISIC 2016 training images)")
+                         f"ISIC {year} has {' and '.join(s for y, s in FOLDERS if y == year)} only; hold out part "
+                         "of its training set with split_train_val (the paper validates on 200 of the 900 ISIC 2016 "
+                         "training images)")
     return FOLDERS[(year, split)]
 
 

@@ -1,11 +1,48 @@
-"""PLACEHOLDER: replaced by the implementation of this command."""
+"""``ulffn-deploy evaluate``: the paper's metrics of a checkpoint on an ISIC split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import click
 
-from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.metrics import format_table
+
+
+def report(result: dict[str, Any]) -> str:
+    """The evaluation as a heading, the protocol line and the paper's table."""
+    config = result["model_config"]
+    name = f"ULFFN {config['variant']} w={config['width']}"
+    return "\n".join([
+        f"{name} ({result['checkpoint']}) on ISIC {result['year']} {result['split']}: {result['images']} images"
+        + (f", {len(result['skipped'])} unreadable and skipped" if result["skipped"] else ""),
+        f"protocol: {result['protocol']}",
+        "",
+        format_table({name: result["metrics"]}),
+    ])
 
 
 @click.command(name="evaluate")
-def command() -> None:
-    """(not implemented yet)"""
-    raise UlffnError("this command is not implemented yet")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="folder holding the unzipped ISIC folders")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--year", default=2016, show_default=True, type=int, help="ISIC year: 2016 or 2017")
+@click.option("--fit", "fit_mode", default="paper", show_default=True, type=click.Choice(["paper", "full"]),
+              help="paper: score the centre crops the network sees (the paper's figures); full: whole image, "
+                   "scored at the original size")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def command(checkpoint: Path, data: Path, split: str, year: int, fit_mode: str, batch_size: int, device: str,
+            as_json: bool) -> None:
+    """Accuracy, Dice, JSI, sensitivity, specificity and thresholded JSI (means over images) of CHECKPOINT."""
+    from ulffn_deploy.deps import require
+
+    require("torch")
+    from ulffn_deploy.train.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, data, split=split, year=year, fit_mode=fit_mode,
+                                 batch_size=batch_size, device=device)
+    click.echo(json.dumps(result, indent=2) if as_json else report(result))

@@ -1,11 +1,51 @@
-"""PLACEHOLDER: replaced by the implementation of this command."""
+"""``ulffn-deploy predict``: lesion masks, outlines and a CSV for image files and folders."""
+
+from __future__ import annotations
+
+import sys
 
 import click
 
-from ulffn_deploy.errors import UlffnError
+MODEL_SUFFIXES = (".engine", ".plan", ".onnx", ".pt")
 
 
 @click.command(name="predict")
-def command() -> None:
-    """(not implemented yet)"""
-    raise UlffnError("this command is not implemented yet")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", "out_dir", default="predictions", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for <name>_mask.png, <name>_overlay.png and predictions.csv.")
+@click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(file_okay=False),
+              help="Where to look for a model when none is named.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Images per inference call.")
+@click.option("--fit", "fit_mode", type=click.Choice(("full", "paper")), default="full", show_default=True,
+              help="full: resize the whole image to the model's input; paper: resize the shorter side and centre-crop "
+                   "(outside the crop is background).")
+@click.option("--device", type=click.Choice(("cpu", "cuda")), default=None,
+              help="Device for .onnx (ONNX Runtime) and .pt models. [default: cpu]")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def command(paths: tuple[str, ...], out_dir: str, artifacts: str, batch_size: int, fit_mode: str,
+            device: str | None, progress: bool) -> None:
+    """Segment images: predict [MODEL] IMAGES_OR_FOLDERS... -o OUT.
+
+    MODEL is a .engine (TensorRT), .onnx (ONNX Runtime) or .pt (PyTorch) file. Without it, the best model in
+    --artifacts that runs here is used: model.fp16/int8/fp32.engine where TensorRT and a GPU are usable, else
+    model.fp32.ort.onnx, else model.fp32.onnx. Folders are searched recursively. Files that cannot be read
+    are reported and skipped; the exit code is then 1.
+    """
+    from ulffn_deploy.errors import UlffnError
+    from ulffn_deploy.predict import default_artifact, predict_paths
+
+    named = paths[0].lower().endswith(MODEL_SUFFIXES)
+    inputs = paths[1:] if named else paths
+    if not inputs:
+        raise click.UsageError("no images given after the model")
+    artifact = paths[0] if named else str(default_artifact(artifacts))
+    options = {}
+    if device:
+        if artifact.lower().endswith((".engine", ".plan")):
+            raise UlffnError("--device applies to .onnx and .pt models; TensorRT engines always run on the GPU")
+        options["device"] = device
+    summary = predict_paths(artifact, inputs, out_dir, batch_size=batch_size, fit_mode=fit_mode, progress=progress,
+                            report=lambda line: click.echo(line, err=True), **options)
+    click.echo(f"{summary.line()}; table: {summary.csv_path}")
+    if summary.failed:
+        sys.exit(1)

@@ -1,0 +1,78 @@
+"""The FP32 ONNX model that calibration starts from: load it, check it came from ``ulffn-deploy export``,
+and read the preprocessing that calibration images must go through."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ulffn_deploy.config import Normalization
+from ulffn_deploy.deps import require
+from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.fileio import sha256_file
+from ulffn_deploy.onnx_meta import decode
+
+if TYPE_CHECKING:
+    import onnx
+
+EXPORT_HINT = "calibrate the FP32 model written by 'ulffn-deploy export' (model.fp32.onnx)"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns an image into the network input: the same for calibration, evaluation and deployment."""
+
+    size: int
+    fit_mode: str
+    normalization: Normalization
+
+    def to_dict(self) -> dict[str, object]:
+        return {"size": self.size, "fit_mode": self.fit_mode, "normalization": self.normalization.to_dict()}
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """An FP32 ULFFN ONNX file with its ``ulffn.*`` metadata."""
+
+    path: Path
+    sha256: str
+    metadata: dict[str, Any]  # decoded ulffn.* metadata (ulffn_deploy.onnx_meta)
+    preprocessing: Preprocessing
+    input_name: str
+    output_name: str
+
+
+def load_onnx_file(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read an ONNX file; a missing or non-ONNX file is a one-line UlffnError."""
+    onnx = require("onnx")
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UlffnError(f"{path}: no such ONNX file", "run 'ulffn-deploy export' first or check the path")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
+        raise UlffnError(f"{path}: not an ONNX model ({type(exc).__name__})", EXPORT_HINT) from exc
+    if not model.graph.node or not model.opset_import:
+        raise UlffnError(f"{path}: not an ONNX model (no graph or opset in the file)", EXPORT_HINT)
+    return model
+
+
+def load_source_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, SourceModel]:
+    """Load an FP32 model written by ``ulffn-deploy export``; anything else is a UlffnError saying so."""
+    path = Path(path)
+    model = load_onnx_file(path)
+    metadata = decode({p.key: p.value for p in model.metadata_props}, source=str(path))
+    precision = metadata["precision"]
+    if precision != "fp32":
+        raise UlffnError(f"{path}: this is the {precision.upper()} model; calibration starts from the FP32 one", EXPORT_HINT)
+    inputs = [i.name for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer}]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise UlffnError(f"{path}: expected one input and one output, found {inputs} and "
+                         f"{[o.name for o in model.graph.output]}", EXPORT_HINT)
+    preprocessing = Preprocessing(metadata["input_size"], metadata["fit_mode"], metadata["normalization"])
+    source = SourceModel(path, sha256_file(path), metadata, preprocessing, inputs[0], model.graph.output[0].name)
+    return model, source

@@ -1,0 +1,226 @@
+"""INT8 calibration (calib/): Q/DQ structure for TensorRT, ranges reuse, the report, bad inputs."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("torch")
+
+import onnx  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
+from tiny_models import SIZE, WIDTH, tiny_onnx  # noqa: E402
+
+from conftest import run_cli  # noqa: E402
+from ulffn_deploy.calib import pipeline  # noqa: E402
+from ulffn_deploy.calib.pipeline import calibrate  # noqa: E402
+from ulffn_deploy.calib.quantize import default_exclusions  # noqa: E402
+from ulffn_deploy.errors import UlffnError  # noqa: E402
+
+QUIET = {"log": lambda line: None}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A synthetic ISIC folder and the tiny FP32 model, copied where calibration may write beside it."""
+    from ulffn_deploy.synth import generate_dataset
+
+    folder = tmp_path_factory.mktemp("calib")
+    generate_dataset(folder / "data", n_train=10, n_test=4, size=SIZE, seed=0)
+    shutil.copy(tiny_onnx("fp32"), folder / "model.fp32.onnx")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def calibrated(workdir):
+    report = calibrate(workdir / "model.fp32.onnx", workdir / "data", num_images=6, num_eval=4, **QUIET)
+    return report, onnx.load(str(workdir / "model.int8.onnx")), onnx.load(str(workdir / "model.fp32.onnx"))
+
+
+def _graph_maps(graph):
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return producers, consumers, {init.name: init for init in graph.initializer}
+
+
+def test_qdq_is_symmetric_per_channel_and_dedicated(calibrated):
+    _, int8, _ = calibrated
+    producers, consumers, inits = _graph_maps(int8.graph)
+    qdq = [n for n in int8.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for node in qdq:
+        zero_point = inits[node.input[2]]
+        assert zero_point.data_type == onnx.TensorProto.INT8, node.name
+        assert not numpy_helper.to_array(zero_point).any(), node.name
+    for node in int8.graph.node:
+        if node.op_type == "QuantizeLinear":  # one DQ per Q, and that DQ feeds exactly one convolution
+            (dq,) = consumers[node.output[0]]
+            assert dq.op_type == "DequantizeLinear"
+            assert [c.op_type for c in consumers[dq.output[0]]] == ["Conv"]
+
+
+def test_every_quantized_conv_reads_int8_activations_and_per_channel_weights(calibrated):
+    _, int8, _ = calibrated
+    producers, _, inits = _graph_maps(int8.graph)
+    excluded = default_exclusions(int8.graph)
+    convs = [n for n in int8.graph.node if n.op_type == "Conv" and n.name not in excluded]
+    assert len(convs) > 20
+    for conv in convs:
+        activation, weight = producers[conv.input[0]], producers[conv.input[1]]
+        assert activation.op_type == "DequantizeLinear" and producers[activation.input[0]].op_type == "QuantizeLinear"
+        assert weight.op_type == "DequantizeLinear" and weight.input[0] in inits
+        assert inits[weight.input[0]].data_type == onnx.TensorProto.INT8
+        out_channels = inits[weight.input[0]].dims[0]
+        assert numpy_helper.to_array(inits[weight.input[1]]).shape == (out_channels,)
+        assert [a.i for a in weight.attribute if a.name == "axis"] == [0]
+        assert conv.input[2] in inits and inits[conv.input[2]].data_type == onnx.TensorProto.FLOAT  # bias FP32
+
+
+def test_input_unit_head_softmax_and_cam_stay_float(calibrated):
+    report, int8, _ = calibrated
+    producers, _, _ = _graph_maps(int8.graph)
+    excluded = default_exclusions(int8.graph)
+    reasons = {reason.split(":")[0] for reason in excluded.values()}
+    assert reasons == {"input unit", "head", "softmax", "CAM"}
+    cam = [name for name, reason in excluded.items() if reason.startswith("CAM")]
+    assert any("ReduceMean" in name for name in cam) and sum("Conv" in name for name in cam) == 2
+    for node in int8.graph.node:
+        if node.name in excluded:
+            fed_by = {producers[i].op_type for i in node.input if i in producers}
+            assert not fed_by & {"DequantizeLinear", "QuantizeLinear"}, node.name
+    assert {e["node"] for e in report["graph"]["excluded"]} == set(excluded)
+
+
+def test_int8_model_keeps_opset_metadata_and_passes_the_tensorrt_lint(calibrated):
+    from ulffn_deploy.export.lint import lint_model
+    from ulffn_deploy.onnx_meta import get_metadata
+
+    report, int8, fp32 = calibrated
+    assert [o.version for o in int8.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    meta, meta32 = get_metadata(int8), get_metadata(fp32)
+    assert meta["precision"] == "int8" and {**meta, "precision": "fp32"} == meta32
+    assert not [p.key for p in int8.metadata_props if not p.key.startswith("ulffn.")]
+    assert [str(issue) for issue in lint_model(int8)] == []
+    onnx.checker.check_model(int8, full_check=True)
+    convs = sum(n.op_type == "Conv" for n in fp32.graph.node)
+    assert report["graph"]["quantized"]["by_op_type"] == {"Conv": convs - 4}  # input unit, head, 2 CAM convs
+
+
+def test_int8_model_runs_in_onnxruntime_with_dynamic_batch(workdir, calibrated):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(workdir / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for batch in (1, 3):
+        probabilities = session.run(None, {"image": rng.standard_normal((batch, 3, SIZE, SIZE), np.float32)})[0]
+        assert probabilities.shape == (batch, 2, SIZE, SIZE)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_report_compares_int8_with_fp32_on_held_out_labelled_images(workdir, calibrated):
+    import json
+
+    report, _, _ = calibrated
+    accuracy = report["accuracy"]
+    assert accuracy["images"] == 4 and "ISIC 2016 test" in accuracy["source"]
+    assert 0.5 < accuracy["dice_agreement_min"] <= accuracy["dice_agreement_mean"] <= 1.0
+    assert accuracy["dice_drop"] == pytest.approx(accuracy["dice_fp32"] - accuracy["dice_int8"])
+    assert set(accuracy["targets"]) == {"dice_agreement_mean >= 0.98", "dice_drop <= 0.01"}
+    assert json.loads((workdir / "model.int8.report.json").read_text()) == json.loads(json.dumps(report))
+
+
+def test_second_calibration_reuses_ranges_and_gives_the_identical_model(workdir, calibrated, monkeypatch):
+    first = (workdir / "model.int8.onnx").read_bytes()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the calibrator ran although the stored ranges match")
+
+    monkeypatch.setattr(pipeline, "compute_ranges", fail)
+    report = calibrate(workdir / "model.fp32.onnx", workdir / "data", num_images=6, num_eval=0, **QUIET)
+    assert report["calibration"]["ranges"] == "ranges reused from model.int8.ranges.json"
+    assert (workdir / "model.int8.onnx").read_bytes() == first
+
+
+def test_other_images_or_method_recalibrate(workdir, calibrated, tmp_path):
+    model = workdir / "model.fp32.onnx"
+    shutil.copy(workdir / "model.int8.ranges.json", tmp_path / "x.int8.ranges.json")
+    report = calibrate(model, workdir / "data", tmp_path / "x.int8.onnx", num_images=5, num_eval=0, **QUIET)
+    assert report["calibration"]["ranges"] == "ranges computed, saved to x.int8.ranges.json"
+    report = calibrate(model, workdir / "data", tmp_path / "x.int8.onnx", method="percentile", num_images=5,
+                       num_eval=0, **QUIET)
+    assert report["calibration"]["ranges"] == "ranges computed, saved to x.int8.ranges.json"
+    assert report["graph"]["quantized"]["count"] > 20
+
+
+def test_exclude_keeps_a_named_layer_float_and_rejects_unknown_names(workdir, calibrated, tmp_path):
+    _, int8, _ = calibrated
+    name = next(n.name for n in int8.graph.node if n.op_type == "Conv" and "decoder" in n.name)
+    out = tmp_path / "x.int8.onnx"
+    report = calibrate(workdir / "model.fp32.onnx", workdir / "data", out, num_images=4, num_eval=0,
+                       exclude=[name], **QUIET)
+    assert {"node": name, "op_type": "Conv", "reason": "excluded by the user (--exclude)"} in report["graph"]["excluded"]
+    producers, _, _ = _graph_maps(onnx.load(str(out)).graph)
+    conv = next(n for n in onnx.load(str(out)).graph.node if n.name == name)
+    assert all(producers[i].op_type != "DequantizeLinear" for i in conv.input if i in producers)
+    with pytest.raises(UlffnError, match="did you mean"):
+        calibrate(workdir / "model.fp32.onnx", workdir / "data", out, exclude=[name + "x"], **QUIET)
+
+
+def test_plain_image_folder_holds_out_the_unused_images(workdir, tmp_path):
+    images = sorted((workdir / "data" / "ISBI2016_ISIC_Part1_Training_Data").glob("*.jpg"))[:5]
+    for image in images:
+        shutil.copy(image, tmp_path / image.name)
+    report = calibrate(workdir / "model.fp32.onnx", tmp_path, tmp_path / "m.int8.onnx", num_images=3, **QUIET)
+    assert report["calibration"]["source"] == f"image folder {tmp_path}"
+    assert report["accuracy"]["images"] == 2 and "dice_fp32" not in report["accuracy"]
+
+
+def test_sensitivity_ranks_single_layer_quantization(workdir, calibrated, tmp_path):
+    report = calibrate(workdir / "model.fp32.onnx", workdir / "data", tmp_path / "s.int8.onnx", num_images=4,
+                       num_eval=0, sensitivity=True, **QUIET)
+    rows = report["sensitivity"]
+    assert len(rows) == report["graph"]["quantized"]["count"]
+    differences = [row["lesion_probability_abs_diff_mean"] for row in rows]
+    assert differences == sorted(differences, reverse=True) and differences[0] > 0
+
+
+def _foreign_onnx(path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty data folder", "no images found in"),
+    ("not onnx", "not an ONNX model"),
+    ("foreign onnx", "no ulffn.* metadata"),
+])
+def test_bad_inputs_are_one_line_errors_and_leave_no_output(workdir, tmp_path, case, message):
+    model, data = tmp_path / "model.fp32.onnx", tmp_path / "data"
+    data.mkdir()
+    if case == "empty data folder":
+        shutil.copy(workdir / "model.fp32.onnx", model)
+    elif case == "not onnx":
+        model.write_bytes(b"this is not a protobuf \x00\xff" * 10)
+        shutil.copytree(workdir / "data", data, dirs_exist_ok=True)
+    else:
+        _foreign_onnx(model)
+        shutil.copytree(workdir / "data", data, dirs_exist_ok=True)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_cli("calibrate", str(model), "--data", str(data))
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    if case == "empty data folder":
+        assert str(data) in result.stderr
+    if case == "foreign onnx":
+        assert "ulffn-deploy export" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

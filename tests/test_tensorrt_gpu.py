@@ -1,0 +1,208 @@
+"""GPU tests: the cuda-python wrapper (needs only cuda-python and a GPU) and TensorRT engines built from tiny
+ONNX files of each precision, compared with ONNX Runtime. Skipped, with the reason, where those are missing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tiny_models import SIZE, sample_images, tiny_onnx
+
+from ulffn_deploy.config import Normalization
+from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.preprocess import preprocess
+from ulffn_deploy.runtime.devices import gpu_problem, tensorrt_unavailable_reason
+
+pytestmark = pytest.mark.gpu
+
+_NO_GPU = gpu_problem()
+_NO_TRT = tensorrt_unavailable_reason()
+needs_gpu = pytest.mark.skipif(_NO_GPU is not None, reason=f"needs cuda-python and an NVIDIA GPU: {_NO_GPU}")
+needs_trt = pytest.mark.skipif(_NO_TRT is not None, reason=f"needs TensorRT and an NVIDIA GPU: {_NO_TRT}")
+# |probability difference| between an engine and ONNX Runtime running the same ONNX file: (max, mean)
+TOLERANCE = {"fp32": (1e-3, 1e-4), "fp16": (2e-2, 2e-3), "int8": (0.15, 0.02)}
+
+
+# -- cuda-python only ----------------------------------------------------------------------------------
+@needs_gpu
+def test_device_properties_name_and_compute_capability():
+    from ulffn_deploy.runtime import cuda_utils as cu
+
+    props = cu.device_properties(0)
+    assert cu.device_count() >= 1
+    assert props["name"] and "\0" not in props["name"]
+    major, minor = props["compute_capability"].split(".")
+    assert int(major) >= 3 and int(minor) >= 0
+    assert props["total_memory_mib"] > 0
+
+
+@needs_gpu
+def test_pinned_device_round_trip_and_event_timing():
+    from ulffn_deploy.runtime import cuda_utils as cu
+
+    data = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    stream = cu.Stream()
+    src, dst = cu.PinnedBuffer(data.nbytes), cu.PinnedBuffer(data.nbytes + 64)
+    device = cu.DeviceBuffer(data.nbytes)
+    start, end = cu.Event(), cu.Event()
+    try:
+        src.view(np.float32, data.shape)[...] = data
+        dst.view(np.float32, data.shape)[...] = 0
+        start.record(stream)
+        cu.copy_to_device(device, src, data.nbytes, stream)
+        cu.copy_to_host(dst, device, data.nbytes, stream)
+        end.record(stream)
+        stream.synchronize()
+        np.testing.assert_array_equal(dst.view(np.float32, data.shape), data)
+        assert end.elapsed_ms(start) >= 0.0
+        with pytest.raises(UlffnError, match="does not fit"):
+            cu.copy_to_device(device, dst, data.nbytes + 64, stream)
+    finally:
+        for resource in (end, start, device, dst, src, stream):
+            resource.free()
+    src.free()  # a second free is a no-op
+    assert src.ptr == 0
+
+
+@needs_gpu
+def test_graph_replays_captured_copies_with_new_host_data():
+    from ulffn_deploy.runtime import cuda_utils as cu
+
+    nbytes = 4096 * 4
+    stream, host_in, host_out, device = cu.Stream(), cu.PinnedBuffer(nbytes), cu.PinnedBuffer(nbytes), cu.DeviceBuffer(nbytes)
+
+    def enqueue(s: cu.Stream) -> None:
+        cu.copy_to_device(device, host_in, nbytes, s)
+        cu.copy_to_host(host_out, device, nbytes, s)
+
+    graph = cu.Graph(stream, enqueue)
+    try:
+        for value in (1.0, 7.5):
+            host_in.view(np.float32, (4096,))[...] = value
+            graph.launch(stream)
+            stream.synchronize()
+            assert np.all(host_out.view(np.float32, (4096,)) == value)
+    finally:
+        for resource in (graph, device, host_out, host_in, stream):
+            resource.free()
+
+
+@needs_gpu
+def test_cuda_errors_are_named():
+    from ulffn_deploy.runtime import cuda_utils as cu
+
+    with pytest.raises(cu.CudaError, match="cudaMalloc.*cudaError"):
+        cu.DeviceBuffer(1 << 60)
+    with pytest.raises(cu.CudaError, match="cudaErrorInvalidDevice"):
+        cu.device_properties(10_000)
+
+
+# -- TensorRT -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    from ulffn_deploy.export.engine import EngineOptions, build_tensorrt_engine
+
+    out = tmp_path_factory.mktemp("engines")
+    built = {}
+    for precision in ("fp32", "fp16", "int8"):
+        try:
+            onnx = tiny_onnx(precision)
+        except pytest.skip.Exception:  # int8 without ulffn_deploy.calib
+            continue
+        options = EngineOptions(min_batch=1, opt_batch=2, max_batch=4, timing_cache=str(out / "timing.cache"))
+        built[precision] = build_tensorrt_engine(onnx, out / f"model.{precision}.engine", options)
+    return built
+
+
+@needs_trt
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_engine_matches_onnxruntime(engines, precision):
+    from ulffn_deploy.runtime import Segmenter
+
+    if precision not in engines:
+        pytest.skip(f"no {precision} ONNX to build (INT8 needs ulffn_deploy.calib)")
+    images = sample_images(6)
+    batch, _ = preprocess(images, SIZE, "full", Normalization())
+    with Segmenter.load(tiny_onnx(precision)) as reference, Segmenter.load(engines[precision]) as engine:
+        expected, got = reference.infer(batch), engine.infer(batch)  # 6 > max batch 4: two chunks
+        assert got.shape == expected.shape and got.dtype == np.float32
+        difference = np.abs(got - expected)
+        assert difference.max() <= TOLERANCE[precision][0] and difference.mean() <= TOLERANCE[precision][1]
+        assert engine.last_timings["chunks"] == 2 and engine.last_timings["gpu_compute"] > 0
+        assert {"h2d", "d2h", "gpu_compute"} <= set(engine.last_timings)
+        masks = engine.predict(images)
+        assert [m.shape for m in masks] == [im.shape[:2] for im in images]
+        assert engine.info["backend"] == "tensorrt" and engine.info["precision"] == precision
+
+
+@needs_trt
+def test_cuda_graph_gives_the_same_result_and_recaptures_on_shape_change(engines):
+    from ulffn_deploy.runtime import Segmenter
+
+    rng = np.random.default_rng(2)
+    with Segmenter.load(engines["fp32"]) as plain, Segmenter.load(engines["fp32"], use_cuda_graph=True) as graphed:
+        for batch_size in (2, 2, 3, 1):
+            batch = rng.standard_normal((batch_size, 3, SIZE, SIZE)).astype(np.float32)
+            np.testing.assert_allclose(graphed.infer(batch), plain.infer(batch), atol=1e-5)
+
+
+@needs_trt
+def test_shape_outside_profile_states_the_profile(engines):
+    from ulffn_deploy.runtime import Segmenter
+
+    with Segmenter.load(engines["fp32"]) as engine, pytest.raises(UlffnError, match=r"profile: batch 1-4, height 32"):
+        engine.infer(np.zeros((1, 3, SIZE + 8, SIZE + 8), np.float32))
+
+
+@needs_trt
+def test_sidecar_for_another_gpu_is_refused_before_deserializing(engines, tmp_path):
+    from ulffn_deploy.runtime import Segmenter
+
+    engine = tmp_path / "model.fp32.engine"
+    engine.write_bytes(b"not a plan: must never be deserialized")
+    sidecar = json.loads(engines["fp32"].with_name("model.fp32.engine.json").read_text())
+    sidecar["gpu"]["compute_capability"] = "1.0"
+    (tmp_path / "model.fp32.engine.json").write_text(json.dumps(sidecar))
+    with pytest.raises(UlffnError, match="compute capability 1.0.*rebuild it on this machine: ulffn-deploy build-engine"):
+        Segmenter.load(engine)
+
+
+@needs_trt
+def test_engine_that_does_not_match_its_sidecar_is_refused(engines, tmp_path):
+    from ulffn_deploy.runtime import Segmenter
+
+    engine = tmp_path / "model.fp32.engine"
+    engine.write_bytes(engines["fp32"].read_bytes()[:-1] + b"\0")
+    (tmp_path / "model.fp32.engine.json").write_bytes(engines["fp32"].with_name("model.fp32.engine.json").read_bytes())
+    with pytest.raises(UlffnError, match="does not match its sidecar"):
+        Segmenter.load(engine)
+
+
+@needs_trt
+def test_sidecar_records_the_build(engines):
+    sidecar = json.loads(engines["fp32"].with_name("model.fp32.engine.json").read_text())
+    assert sidecar["backend"] == "tensorrt" and sidecar["precision"] == "fp32"
+    assert sidecar["profile"]["image"] == {"min": [1, 3, SIZE, SIZE], "opt": [2, 3, SIZE, SIZE], "max": [4, 3, SIZE, SIZE]}
+    assert sidecar["gpu"]["name"] and sidecar["tensorrt_version"]
+    assert sidecar["build_flags"]["strongly_typed"] is True
+    assert "--max-batch 4" in sidecar["build_command"]
+    assert engines["fp32"].with_name("timing.cache").stat().st_size > 0  # shared by the builds, kept between them
+    assert not list(engines["fp32"].parent.glob("*.lock")) and not list(engines["fp32"].parent.glob(".*.tmp"))
+
+
+@needs_trt
+def test_parser_errors_name_the_node(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+    from ulffn_deploy.export.engine import build_tensorrt_engine
+
+    model = onnx.load(str(tiny_onnx("int8")))  # skips without ulffn_deploy.calib
+    node = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2)
+    zero_point = next(t for t in model.graph.initializer if t.name == node.input[2])
+    zero_point.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(zero_point) + 1, zero_point.name))
+    broken = tmp_path / "model.int8.onnx"
+    onnx.save(model, str(broken))  # ONNX Runtime runs it; TensorRT wants symmetric (zero point 0) quantization
+    with pytest.raises(UlffnError, match=f"rejected model.int8.onnx: node '{node.name}'"):
+        build_tensorrt_engine(broken)
+    assert not (tmp_path / "model.int8.engine").exists()

@@ -1,0 +1,104 @@
+"""ONNX Runtime backend: CPU by default, CUDA when asked for and available.
+
+Plain exported models (``model.fp32.onnx``) are optimised when the session starts. Offline-optimised
+models written by ``build-engine --backend onnxruntime`` (``model.fp32.ort.onnx`` with its sidecar) are
+already optimised, so their sessions skip graph optimisation ("offline mode" in ONNX Runtime's
+graph-optimizations documentation).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.onnx_meta import decode
+from ulffn_deploy.runtime.base import Segmenter
+from ulffn_deploy.runtime.metadata import ArtifactMetadata, read_sidecar, sidecar_path
+
+DEVICES = ("cpu", "cuda")
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def providers_for(device: str) -> list[str]:
+    """Execution providers for ``device``; UlffnError when CUDA is asked for but not in this onnxruntime."""
+    if device not in DEVICES:
+        raise UlffnError(f"unknown ONNX Runtime device {device!r}", f"use one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise UlffnError("this onnxruntime has no CUDA execution provider",
+                         "pip install onnxruntime-gpu, or use device='cpu'")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def create_session(path: str | os.PathLike[str], providers: list[str], optimization: str = "all",
+                   threads: int | None = None) -> ort.InferenceSession:
+    """An InferenceSession with UlffnErrors for unreadable models."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(os.fspath(path), options, providers=providers)
+    except Exception as exc:  # ONNX Runtime raises its own exception types for unreadable models
+        raise UlffnError(f"{path}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:300]})") from exc
+
+
+class OrtSegmenter(Segmenter):
+    """A ULFFN ONNX model in an ONNX Runtime session."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, fit_mode: str = "full", device: str = "cpu", threads: int | None = None,
+                 optimization: str | None = None) -> None:
+        providers = providers_for(device)
+        self.build_info = read_sidecar(path) if sidecar_path(path).is_file() else None
+        if optimization is None:
+            optimization = "disable" if self.build_info else "all"
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise UlffnError(f"unknown graph optimisation {optimization!r}", f"use one of {', '.join(OPTIMIZATION_LEVELS)}")
+        self.session = create_session(path, providers, optimization, threads)
+        meta = decode(self.session.get_modelmeta().custom_metadata_map, source=os.fspath(path))
+        super().__init__(path, ArtifactMetadata.from_mapping(meta, path), fit_mode)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise UlffnError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+        self._input, self._output = inputs[0], outputs[0]
+        self._input_type = _NUMPY_TYPES.get(self._input.type, np.float32)
+        self.optimization = optimization
+
+    def _infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        self._check_spatial(batch.shape)
+        start = time.perf_counter()
+        (output,) = self.session.run([self._output.name], {self._input.name: batch.astype(self._input_type, copy=False)})
+        self.last_timings = {"compute": (time.perf_counter() - start) * 1e3}
+        return np.asarray(output, dtype=np.float32)
+
+    def _check_spatial(self, shape: tuple[int, ...]) -> None:
+        fixed = [dim if isinstance(dim, int) else None for dim in self._input.shape[2:]]
+        if any(want is not None and want != got for want, got in zip(fixed, shape[2:])):
+            raise UlffnError(f"{self.path.name} takes {fixed[0]}x{fixed[1]} inputs, got {shape[2]}x{shape[3]}",
+                             f"preprocess to size {self.input_size}")
+
+    def _close_impl(self) -> None:
+        del self.session
+
+    def _backend_info(self) -> dict[str, Any]:
+        return {
+            "onnxruntime_version": ort.__version__,
+            "providers": self.session.get_providers() if not self._closed else [],
+            "graph_optimization": self.optimization,
+            "offline_optimized": self.build_info is not None,
+        }

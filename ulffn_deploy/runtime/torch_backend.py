@@ -1,0 +1,48 @@
+"""PyTorch reference backend: a training checkpoint, evaluated with softmax on CPU or CUDA."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ulffn_deploy.deps import require
+from ulffn_deploy.runtime.base import Segmenter
+from ulffn_deploy.runtime.metadata import ArtifactMetadata
+
+
+class TorchSegmenter(Segmenter):
+    """A ULFFN checkpoint (``best.pt``) loaded with ``ulffn_deploy.train.checkpoint.load_model``."""
+
+    backend = "pytorch"
+
+    def __init__(self, path: Path, fit_mode: str = "full", device: str = "cpu") -> None:
+        self._torch = require("torch")
+        from ulffn_deploy.train.checkpoint import load_model
+
+        model, info = load_model(path)
+        config = info.get("model_config") or model.config
+        fields = {key: info.get(key) for key in ("normalization", "input_size", "fit_mode")}
+        metadata = ArtifactMetadata.from_mapping({**fields, "model_config": config, "precision": "fp32"}, path)
+        super().__init__(path, metadata, fit_mode)
+        self.device = self._torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.checkpoint_info = {key: value for key, value in info.items() if key not in ("state_dict", "optimizer")}
+
+    def _infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        start = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.model(torch.from_numpy(batch).to(self.device))
+            probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        self.last_timings = {"compute": (time.perf_counter() - start) * 1e3}
+        return np.asarray(probabilities, dtype=np.float32)
+
+    def _close_impl(self) -> None:
+        del self.model
+
+    def _backend_info(self) -> dict[str, Any]:
+        return {"torch_version": str(self._torch.__version__), "device": str(self.device),
+                "epoch": self.checkpoint_info.get("epoch")}
