@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+
+from ulffn_deploy.config import ModelConfig, Normalization
 from ulffn_deploy.export.fp16 import convert_to_fp16
 from ulffn_deploy.export.graph import slim
 from ulffn_deploy.export.onnx_export import WithSoftmax, fp32_scopes, torch_to_onnx
 from ulffn_deploy.export.parity import parity_batch, parity_images
-
-from ulffn_deploy.config import ModelConfig, Normalization
 from ulffn_deploy.fileio import write_json_atomic, write_text_atomic
 from ulffn_deploy.model import build_model
 
@@ -70,6 +71,7 @@ def quantize_int8(fp32: Path, out: Path, batch: np.ndarray) -> str | None:
             QuantType,
             quantize_static,
         )
+
         from ulffn_deploy.calib import quantize as calib
         options, op_types, exclusions = calib.EXTRA_OPTIONS, calib.QUANTIZED_OP_TYPES, calib.default_exclusions
     except (ImportError, AttributeError) as exc:
@@ -107,8 +109,8 @@ def bench_config(name: str, width: int, size: int, iterations: int, threads: int
         rows = {"pytorch-eager-fp32": median_ms(lambda: wrapper(image), iterations)}
     for precision, path in paths.items():
         if path.exists():
-            sess = session(path, threads)
-            rows[f"onnxruntime-cpu-{precision}"] = median_ms(lambda s=sess: s.run(None, {"image": batch}), iterations)
+            run = partial(session(path, threads).run, None, {"image": batch})
+            rows[f"onnxruntime-cpu-{precision}"] = median_ms(run, iterations)
     eager = rows["pytorch-eager-fp32"]
     return {
         "config": name, "variant": "w-ac", "width": width, "input_size": size, "batch": 1,

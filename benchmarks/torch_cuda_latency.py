@@ -94,7 +94,8 @@ def main() -> None:
     device = torch.cuda.get_device_name()
     header = (f"PyTorch {torch.__version__} on {device}, ULFFN w={args.width} at {args.size}x{args.size} "
               f"({gflops:.0f} GFLOP/image), CUDA events, median of {args.iters} after {args.warmup} warm-up")
-    lines = [header, "", "| precision | batch | median ms | p99 ms | images/s | TFLOP/s | vs FP32 |", "|---|---|---|---|---|---|---|"]
+    lines = [header, "", "| precision | batch | median ms | p99 ms | images/s | TFLOP/s | vs FP32 |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['precision']} | {r['batch']} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} | {r['images_per_s']:.1f} "
               f"| {r['tflops']:.1f} | {r['speedup_vs_fp32']:.2f}x |" for r in rows]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ def calibrate(
     data: str | os.PathLike[str] = Path("artifacts") / "data",
     output: str | os.PathLike[str] | None = None,
     *,
-    method: str = "minmax",
+    method: str = "percentile",
     num_images: int = 64,
     split: str = "train",
     exclude: Iterable[str] = (),
@@ -92,15 +92,17 @@ def calibrate(
             "graph": graph_summary(int8, excluded),
             "accuracy": compare_outputs(source.path, output, held_out, source.preprocessing, source.input_name),
         }
+        rows = []
         if sensitivity:
             log("measuring per-layer sensitivity (one convolution quantized at a time)")
-            probe = images.images[:: max(1, len(images) // SENSITIVITY_IMAGES)][:SENSITIVITY_IMAGES]
-            report["sensitivity"] = layer_sensitivity(prepared, ranges, method, candidate_nodes(prepared, excluded),
-                                                      probe, source.preprocessing, source.input_name)
+            probe = [images.images[i] for i in evenly_spaced(len(images), SENSITIVITY_IMAGES)]
+            rows = layer_sensitivity(prepared, ranges, method, candidate_nodes(prepared, excluded), probe,
+                                     source.preprocessing, source.input_name)
+            report["sensitivity"] = rows
     write_json_atomic(report_path(output), report)
     log(format_report(report))
-    if sensitivity:
-        log(format_sensitivity(report["sensitivity"]))
+    if rows:
+        log(format_sensitivity(rows))
     return report
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import io
 import inspect
+import io
 import os
 import re
 import tempfile
@@ -53,8 +53,9 @@ EXTRA_OPTIONS = {
 # maximum, i.e. minmax); 2048 bins, as TensorRT's entropy calibrator uses, give it room to clip outliers.
 CALIBRATOR_OPTIONS = {"symmetric": True, "percentile": PERCENTILE, "num_bins": 2048, "num_quantized_bins": 128}
 CALIBRATION_CACHE_ORT = "1.27"  # first onnxruntime whose quantize_static takes calibration_cache_path
-# Tensor elements (batch x width x pixels) held per calibrator pass, to bound memory at 512 x 512 width 64.
-CHUNK_ELEMENTS = 1 << 24
+# Images x width x pixels per calibrator pass: it holds every calibrated tensor of a pass (about 30 x width
+# x pixels floats per image), so this bounds memory to about 1 GB, or one image at 512 x 512 and width 64.
+CHUNK_ELEMENTS = 1 << 22
 
 Ranges = dict[str, tuple[float, float]]
 Log = Callable[[str], None]
@@ -79,18 +80,24 @@ def _method(name: str):  # -> onnxruntime.quantization.CalibrationMethod
 
 
 def prepare_model(source: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Path:
-    """ONNX Runtime's quantization pre-processing without graph optimisation (shape inference only), so node
-    names stay those of the export (the CAM scope included)."""
+    """ONNX Runtime's quantization pre-processing reduced to ONNX shape inference: no graph optimisation, so
+    node names stay those of the export (the CAM scope included), and no symbolic shape inference, which
+    gives up on exports with dynamic height and width."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = Path(folder) / "prepared.onnx"
-    quant_pre_process(str(source), str(prepared), skip_optimization=True)
+    quant_pre_process(str(source), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
     return prepared
 
 
 def chunk_size(preprocessing: Preprocessing, width: int) -> int:
     """Images per calibrator pass: every calibrated tensor of a pass is held in memory at once."""
     return max(1, CHUNK_ELEMENTS // (preprocessing.size * preprocessing.size * width))
+
+
+def _quiet() -> contextlib.AbstractContextManager[object]:
+    """ONNX Runtime's histogram calibrators print progress to stdout; our log callback reports it instead."""
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def compute_ranges(prepared: Path, images: Sequence[Path], preprocessing: Preprocessing, input_name: str,
@@ -100,17 +107,19 @@ def compute_ranges(prepared: Path, images: Sequence[Path], preprocessing: Prepro
     from onnxruntime.quantization import create_calibrator
 
     chunk = chunk_size(preprocessing, width)
-    # ONNX Runtime's histogram calibrators print progress to stdout; the log callback reports it instead.
-    with tempfile.TemporaryDirectory(prefix="ulffn-calib-") as tmp, contextlib.redirect_stdout(io.StringIO()):
-        calibrator = create_calibrator(prepared, list(QUANTIZED_OP_TYPES), str(Path(tmp) / "augmented.onnx"),
-                                       _method(method), extra_options=CALIBRATOR_OPTIONS)
+    with tempfile.TemporaryDirectory(prefix="ulffn-calib-") as tmp:
+        with _quiet():
+            calibrator = create_calibrator(prepared, list(QUANTIZED_OP_TYPES), str(Path(tmp) / "augmented.onnx"),
+                                           _method(method), extra_options=CALIBRATOR_OPTIONS)
         for start in range(0, len(images), chunk):
             part = images[start : start + chunk]
-            calibrator.collect_data(ImageBatchReader(part, preprocessing, input_name, batch_size=min(chunk, 8)))
+            with _quiet():
+                calibrator.collect_data(ImageBatchReader(part, preprocessing, input_name, batch_size=min(chunk, 8)))
             log(f"  calibrated {start + len(part)}/{len(images)} images")
         if method != "minmax":
             log(f"  choosing {method} thresholds from the histograms")
-        tensors = calibrator.compute_data()
+        with _quiet():
+            tensors = calibrator.compute_data()
     return {name: (float(np.asarray(data.range_value[0]).item()), float(np.asarray(data.range_value[1]).item()))
             for name, data in sorted(tensors.items())}
 

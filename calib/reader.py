@@ -4,6 +4,7 @@ exactly the inference preprocessing, and fed to ONNX Runtime's calibrators in ba
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ def _plain_folder(root: Path) -> ImageSet:
     return ImageSet(images, (None,) * len(images), f"image folder {root}")
 
 
-def find_images(root: str | Path, split: str = "train") -> ImageSet:
+def find_images(root: str | os.PathLike[str], split: str = "train") -> ImageSet:
     """The ``split`` images of the ISIC folder ``root`` (2016, else 2017), or else every image in ``root``."""
     root = Path(root)
     if split not in SPLITS:
@@ -80,7 +81,7 @@ def find_images(root: str | Path, split: str = "train") -> ImageSet:
     return found
 
 
-def held_out_images(root: str | Path, split: str, used: ImageSet, count: int) -> ImageSet:
+def held_out_images(root: str | os.PathLike[str], split: str, used: ImageSet, count: int) -> ImageSet:
     """Up to ``count`` labelled images not used for calibration: another ISIC split of ``root`` if there is one
     (test first), else the images of ``used``'s folder that calibration left out (possibly none)."""
     root = Path(root)

@@ -60,7 +60,9 @@ def compare_outputs(fp32: str | os.PathLike[str] | bytes, int8: str | os.PathLik
                 "note": f"accuracy not measured: no held-out images ({images.source})"}
     sessions = ort_session(fp32), ort_session(int8)
     labels = load_labels(images.masks, preprocessing)
-    agreement, differences, dice = [], [], {"fp32": [], "int8": []}
+    agreement: list[float] = []
+    differences: list[np.ndarray] = []
+    dice: dict[str, list[float]] = {"fp32": [], "int8": []}
     for start in range(0, len(images), batch_size):
         batch = load_batch(images.images[start : start + batch_size], preprocessing)
         p32, p8 = (s.run(None, {input_name: batch})[0] for s in sessions)

@@ -17,10 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ulffn_deploy.export.ort_build import OnnxSource, build_ort_model, default_output, describe_onnx, sidecar_common
-
 from ulffn_deploy.config import OUTPUT_STRIDE
 from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.export.ort_build import OnnxSource, build_ort_model, default_output, describe_onnx, sidecar_common
 from ulffn_deploy.fileio import atomic_path, write_bytes_atomic, write_json_atomic
 from ulffn_deploy.runtime.devices import require_tensorrt, tensorrt_unavailable_reason
 from ulffn_deploy.runtime.metadata import PRECISIONS, sidecar_path

@@ -16,10 +16,9 @@ import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ulffn_deploy.export.graph import producers, remove_unused, scoped_nodes, slim
-
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.export.graph import producers, remove_unused, scoped_nodes, slim
 
 if TYPE_CHECKING:
     import onnx

@@ -14,9 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
-from ulffn_deploy.export.graph import constant_tensors, default_opset, load_onnx
-
 from ulffn_deploy.deps import require
+from ulffn_deploy.export.graph import constant_tensors, default_opset, load_onnx
 
 if TYPE_CHECKING:
     import onnx
@@ -205,7 +204,7 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     onnx = require("onnx")
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - shape inference is a best-effort aid for rank checks only
+    except Exception:
         inferred = model
     graph = inferred.graph
     infos = list(graph.input) + list(graph.value_info) + list(graph.output)

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from ulffn_deploy.export.graph import untie_initializers
 
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.export.graph import untie_initializers
 
 if TYPE_CHECKING:
     import onnx

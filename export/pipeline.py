@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ulffn_deploy import __version__
+from ulffn_deploy.config import ModelConfig, Normalization
+from ulffn_deploy.deps import require
+from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.export.fp16 import convert_to_fp16
 from ulffn_deploy.export.graph import slim
 from ulffn_deploy.export.lint import lint_model, op_summary
@@ -24,11 +28,6 @@ from ulffn_deploy.export.parity import (
     parity_report,
     torch_probabilities,
 )
-
-from ulffn_deploy import __version__
-from ulffn_deploy.config import ModelConfig, Normalization
-from ulffn_deploy.deps import require
-from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import atomic_path, sha256_file
 from ulffn_deploy.onnx_meta import set_metadata
 

@@ -10,6 +10,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import run_cli
 from tiny_models import SIZE, sample_images, tiny_onnx
+
+from ulffn_deploy.cli import cli
+from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.export import ort_build
 from ulffn_deploy.export.engine import (
     EngineOptions,
@@ -19,9 +22,6 @@ from ulffn_deploy.export.engine import (
     make_profile,
 )
 from ulffn_deploy.export.ort_build import default_output, describe_onnx
-
-from ulffn_deploy.cli import cli
-from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.runtime import Segmenter
 from ulffn_deploy.runtime.devices import tensorrt_unavailable_reason
 

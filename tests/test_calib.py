@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
+import onnx
+import onnxruntime
 import pytest
+from conftest import run_cli
+from onnx import TensorProto, helper, numpy_helper
+from tiny_models import SIZE, tiny_onnx
 
-pytest.importorskip("onnx")
-pytest.importorskip("torch")
-
-import onnx  # noqa: E402
-from onnx import numpy_helper  # noqa: E402
-from tiny_models import SIZE, WIDTH, tiny_onnx  # noqa: E402
-
-from conftest import run_cli  # noqa: E402
-from ulffn_deploy.calib import pipeline  # noqa: E402
-from ulffn_deploy.calib.pipeline import calibrate  # noqa: E402
-from ulffn_deploy.calib.quantize import default_exclusions  # noqa: E402
-from ulffn_deploy.errors import UlffnError  # noqa: E402
+from ulffn_deploy.calib import pipeline
+from ulffn_deploy.calib.pipeline import calibrate
+from ulffn_deploy.calib.quantize import default_exclusions
+from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.export.lint import lint_model
+from ulffn_deploy.onnx_meta import get_metadata
+from ulffn_deploy.synth import generate_dataset
 
 QUIET = {"log": lambda line: None}
 
@@ -26,8 +27,6 @@ QUIET = {"log": lambda line: None}
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A synthetic ISIC folder and the tiny FP32 model, copied where calibration may write beside it."""
-    from ulffn_deploy.synth import generate_dataset
-
     folder = tmp_path_factory.mktemp("calib")
     generate_dataset(folder / "data", n_train=10, n_test=4, size=SIZE, seed=0)
     shutil.copy(tiny_onnx("fp32"), folder / "model.fp32.onnx")
@@ -51,7 +50,7 @@ def _graph_maps(graph):
 
 def test_qdq_is_symmetric_per_channel_and_dedicated(calibrated):
     _, int8, _ = calibrated
-    producers, consumers, inits = _graph_maps(int8.graph)
+    _, consumers, inits = _graph_maps(int8.graph)
     qdq = [n for n in int8.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert qdq
     for node in qdq:
@@ -98,9 +97,6 @@ def test_input_unit_head_softmax_and_cam_stay_float(calibrated):
 
 
 def test_int8_model_keeps_opset_metadata_and_passes_the_tensorrt_lint(calibrated):
-    from ulffn_deploy.export.lint import lint_model
-    from ulffn_deploy.onnx_meta import get_metadata
-
     report, int8, fp32 = calibrated
     assert [o.version for o in int8.opset_import if o.domain in ("", "ai.onnx")] == [17]
     meta, meta32 = get_metadata(int8), get_metadata(fp32)
@@ -113,8 +109,6 @@ def test_int8_model_keeps_opset_metadata_and_passes_the_tensorrt_lint(calibrated
 
 
 def test_int8_model_runs_in_onnxruntime_with_dynamic_batch(workdir, calibrated):
-    import onnxruntime
-
     session = onnxruntime.InferenceSession(str(workdir / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for batch in (1, 3):
@@ -124,8 +118,6 @@ def test_int8_model_runs_in_onnxruntime_with_dynamic_batch(workdir, calibrated):
 
 
 def test_report_compares_int8_with_fp32_on_held_out_labelled_images(workdir, calibrated):
-    import json
-
     report, _, _ = calibrated
     accuracy = report["accuracy"]
     assert accuracy["images"] == 4 and "ISIC 2016 test" in accuracy["source"]
@@ -152,7 +144,7 @@ def test_other_images_or_method_recalibrate(workdir, calibrated, tmp_path):
     shutil.copy(workdir / "model.int8.ranges.json", tmp_path / "x.int8.ranges.json")
     report = calibrate(model, workdir / "data", tmp_path / "x.int8.onnx", num_images=5, num_eval=0, **QUIET)
     assert report["calibration"]["ranges"] == "ranges computed, saved to x.int8.ranges.json"
-    report = calibrate(model, workdir / "data", tmp_path / "x.int8.onnx", method="percentile", num_images=5,
+    report = calibrate(model, workdir / "data", tmp_path / "x.int8.onnx", method="minmax", num_images=5,
                        num_eval=0, **QUIET)
     assert report["calibration"]["ranges"] == "ranges computed, saved to x.int8.ranges.json"
     assert report["graph"]["quantized"]["count"] > 20
@@ -191,8 +183,6 @@ def test_sensitivity_ranks_single_layer_quantization(workdir, calibrated, tmp_pa
 
 
 def _foreign_onnx(path):
-    from onnx import TensorProto, helper
-
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
@@ -224,3 +214,10 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_output(workdir, tmp_path, c
     if case == "foreign onnx":
         assert "ulffn-deploy export" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_export_with_dynamic_height_and_width_calibrates_and_runs_at_other_sizes(workdir, tmp_path):
+    shutil.copy(tiny_onnx("fp32", dynamic_hw=True), tmp_path / "model.fp32.onnx")
+    calibrate(tmp_path / "model.fp32.onnx", workdir / "data", num_images=3, num_eval=0, **QUIET)
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"image": np.zeros((2, 3, 48, 64), np.float32)})[0].shape == (2, 2, 48, 64)

@@ -34,7 +34,7 @@ def _checkpoint(width: int = 8, variant: str = "w-ac") -> dict:
 
 
 def _only_plain_data(value: object) -> bool:
-    if isinstance(value, torch.Tensor) or isinstance(value, PLAIN):
+    if isinstance(value, (torch.Tensor, *PLAIN)):
         return True
     if isinstance(value, dict):
         return all(isinstance(k, (str, int)) and _only_plain_data(v) for k, v in value.items())

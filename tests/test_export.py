@@ -9,18 +9,18 @@ import torch
 from click.testing import CliRunner
 from conftest import run_cli, run_python_blocking
 from onnx import TensorProto, numpy_helper
-from ulffn_deploy.export import pipeline
-from ulffn_deploy.export.lint import lint_model
-from ulffn_deploy.export.onnx_export import ReshapePixelShuffle
-from ulffn_deploy.export.parity import TOLERANCES, ort_session, parity_batch, parity_images, parity_report, run_session
-from ulffn_deploy.train.checkpoint import save_checkpoint
 
 from ulffn_deploy.cli import cli
 from ulffn_deploy.config import ModelConfig, Normalization
 from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.export import pipeline
+from ulffn_deploy.export.lint import lint_model
+from ulffn_deploy.export.onnx_export import ReshapePixelShuffle
+from ulffn_deploy.export.parity import TOLERANCES, ort_session, parity_batch, parity_images, parity_report, run_session
 from ulffn_deploy.fileio import sha256_file
 from ulffn_deploy.model import build_model
 from ulffn_deploy.onnx_meta import decode, get_metadata, read_metadata, set_metadata
+from ulffn_deploy.train.checkpoint import save_checkpoint
 
 SIZE, WIDTH = 64, 8
 

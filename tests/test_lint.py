@@ -7,9 +7,9 @@ import onnx
 import pytest
 from conftest import run_cli
 from onnx import TensorProto, helper, numpy_helper
-from ulffn_deploy.export.lint import lint_model, op_summary
 
 from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.export.lint import lint_model, op_summary
 
 X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
 Y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "c", "h", "w"])

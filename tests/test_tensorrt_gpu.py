@@ -195,6 +195,7 @@ def test_sidecar_records_the_build(engines):
 def test_parser_errors_name_the_node(tmp_path):
     import onnx
     from onnx import numpy_helper
+
     from ulffn_deploy.export.engine import build_tensorrt_engine
 
     model = onnx.load(str(tiny_onnx("int8")))  # skips without ulffn_deploy.calib

@@ -173,7 +173,7 @@ def test_an_existing_run_is_not_overwritten_by_accident(data: Path, tmp_path: Pa
     with pytest.raises(UlffnError, match="already holds a run"):
         _run(data, tmp_path / "run", epochs=1)
     assert _run(data, tmp_path / "run", epochs=1, overwrite=True)["epochs_completed"] == 1
-    with pytest.raises(UlffnError, match="holds no last.pt"):
+    with pytest.raises(UlffnError, match=r"holds no last\.pt"):
         _run(data, tmp_path / "other", resume=True)
 
 

@@ -19,10 +19,10 @@ WIDTH = 8
 
 def save_tiny_checkpoint(path: Path, seed: int) -> Path:
     import torch
-    from ulffn_deploy.train.checkpoint import save_checkpoint
 
     from ulffn_deploy.config import Normalization
     from ulffn_deploy.model import ULFFN
+    from ulffn_deploy.train.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     model = ULFFN(width=WIDTH).eval()
@@ -38,8 +38,8 @@ def save_tiny_checkpoint(path: Path, seed: int) -> Path:
 @functools.cache
 def artifacts() -> Path:
     import torch
-    from ulffn_deploy.export.pipeline import export_checkpoint
 
+    from ulffn_deploy.export.pipeline import export_checkpoint
     from ulffn_deploy.synth import generate_dataset
 
     torch.set_num_threads(2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -88,7 +89,7 @@ class EpochSampler(DistributedSampler[tuple[int, int]]):
         self.start = start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = list(super().__iter__())[self.start :]
+        indices = cast(list[int], list(super().__iter__()))[self.start :]
         return iter([(self.epoch, int(i)) for i in indices])
 
     def __len__(self) -> int:

@@ -110,22 +110,28 @@ def differentiable_sum(tensor: Tensor) -> Tensor:
 class GlooSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d normalising with the statistics of the whole global batch, for CPU (gloo) runs.
 
-    torch's SyncBatchNorm refuses CPU tensors. Here the batch sums go through a differentiable
-    all-reduce, so the backward pass also sums the statistics' gradients over processes, as SyncBatchNorm
-    does. Two passes (mean, then squared deviations) keep the variance as exact as single-process BN.
+    torch's SyncBatchNorm refuses CPU tensors. Each process computes its count, mean and sum of squared
+    deviations (two-pass, exact); one differentiable all-reduce in float64 combines them (Chan et al.'s
+    parallel variance), and its backward sums the statistics' gradients over processes, as SyncBatchNorm
+    does.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         dims = (0, 2, 3)
-        count = all_reduce_sum(torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype))
-        mean = differentiable_sum(x.sum(dims)) / count
-        centred = x - mean[None, :, None, None]
-        var = differentiable_sum((centred * centred).sum(dims)) / count
-        self._update_running_stats(mean.detach(), var.detach(), count.item())
-        scale = torch.rsqrt(var + self.eps)
-        out = centred * scale[None, :, None, None]
+        n = x.numel() // x.shape[1]
+        local_mean = x.mean(dims)
+        local_m2 = ((x - local_mean[None, :, None, None]) ** 2).sum(dims)
+        local = torch.cat([torch.tensor([float(n)], dtype=torch.float64),
+                           n * local_mean.double(), local_m2.double() + n * local_mean.double() ** 2])
+        total = differentiable_sum(local)
+        count, channels = total[0].detach(), x.shape[1]
+        mean = total[1 : 1 + channels] / count
+        var = (total[1 + channels :] / count - mean * mean).clamp_min(0.0)
+        self._update_running_stats(mean.detach().float(), var.detach().float(), float(count))
+        scale = torch.rsqrt(var + self.eps).to(x.dtype)
+        out = (x - mean.to(x.dtype)[None, :, None, None]) * scale[None, :, None, None]
         if self.affine:
             out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
         return out
@@ -134,8 +140,10 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
     def _update_running_stats(self, mean: Tensor, var: Tensor, count: float) -> None:
         if not self.track_running_stats or self.running_mean is None or self.running_var is None:
             return
-        self.num_batches_tracked += 1  # type: ignore[operator]
-        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        tracked = self.num_batches_tracked
+        if tracked is not None:
+            tracked.add_(1)
+        momentum = self.momentum if self.momentum is not None else 1.0 / float(tracked if tracked is not None else 1)
         unbiased = var * (count / max(count - 1.0, 1.0))
         self.running_mean.lerp_(mean, momentum)
         self.running_var.lerp_(unbiased, momentum)

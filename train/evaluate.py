@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,14 +61,14 @@ def evaluate_checkpoint(path: str | os.PathLike[str], data_dir: str | os.PathLik
     model, info = load_model(path, map_location=target)
     size = int(info["input_size"])
     normalization = Normalization.from_dict(info["normalization"])
-    dataset = IsicSegmentation(data_dir, year=year, split=split)
+    dataset = IsicSegmentation(Path(data_dir), year=year, split=split)
     rows: list[dict[str, float]] = []
     skipped: list[str] = []
     with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow decodes with the GIL released
         for start in range(0, len(dataset), batch_size):
             indices = range(start, min(start + batch_size, len(dataset)))
             loaded = list(pool.map(lambda i: _load(dataset, i), indices))
-            skipped += [dataset[i].isic_id for i, item in zip(indices, loaded) if item is None]
+            skipped += [dataset[i].isic_id for i, item in zip(indices, loaded, strict=True) if item is None]
             pairs = [item for item in loaded if item is not None]
             if pairs:
                 rows += _score_batch(model, pairs, size, fit_mode, normalization, target)
@@ -96,8 +97,8 @@ def _score_batch(model: torch.nn.Module, pairs: list[tuple[np.ndarray, np.ndarra
     probabilities = _predict(model, batch, device)
     if fit_mode == "paper":
         predictions = list(probabilities[:, 1] > 0.5)
-        truths = [fit_mask(mask, placement) for (_, mask), placement in zip(pairs, placements)]
+        truths = [fit_mask(mask, placement) for (_, mask), placement in zip(pairs, placements, strict=True)]
     else:
         predictions = probabilities_to_masks(probabilities, placements)
         truths = [mask for _, mask in pairs]
-    return [image_metrics(p, t) for p, t in zip(predictions, truths)]
+    return [image_metrics(p, t) for p, t in zip(predictions, truths, strict=True)]

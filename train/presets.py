@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ulffn_deploy.config import OUTPUT_STRIDE, VARIANTS, ModelConfig
@@ -166,12 +166,6 @@ def validate(config: TrainConfig) -> None:
         if not ok:
             value = getattr(config, option[2:].replace("-", "_"))
             raise UlffnError(f"{option} {value} is not valid", f"use {expected}")
-
-
-def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
-    updated = replace(config, **changes)
-    validate(updated)
-    return updated
 
 
 def build_parser() -> argparse.ArgumentParser:

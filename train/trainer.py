@@ -110,7 +110,7 @@ class Trainer:
             model = distributed.convert_sync_batchnorm(model, self.env.device)
         model = model.to(self.env.device)
         if self.env.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.env.distributed:
             device_ids = [self.env.device] if self.env.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=device_ids)

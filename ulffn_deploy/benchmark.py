@@ -352,7 +352,7 @@ def _run_logged(candidate: Candidate, items: Sequence[Item], prep: Preparation, 
     """``run_candidate``, with a failure of one backend recorded in its row rather than ending the run."""
     try:
         return run_candidate(candidate, items, prep, batch_sizes, schedule, reference)
-    except Exception as exc:  # noqa: BLE001 - one backend's failure (ORT, TensorRT, CUDA) must not end the benchmark
+    except Exception as exc:
         reason = str(exc) if isinstance(exc, UlffnError) else f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
         return {"name": candidate.name, "backend": candidate.backend, "precision": candidate.precision,
                 "path": str(candidate.path), "status": "failed", "reason": reason}, None

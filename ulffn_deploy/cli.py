@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: no tracebacks for users
+    except Exception as exc:
         if os.environ.get("ULFFN_DEBUG"):
             raise
         _fail(f"internal error: {type(exc).__name__}: {exc} (set ULFFN_DEBUG=1 for the traceback)", EXIT_INTERNAL)

@@ -109,8 +109,9 @@ def _warm_up(step: Step, schedule: Schedule, clock: Callable[[], float]) -> tupl
     start = clock()
     count = 0
     if schedule.warmup_iterations is not None:
-        for count in range(1, schedule.warmup_iterations + 1):
+        for _ in range(schedule.warmup_iterations):
             step()
+        count = schedule.warmup_iterations
     else:
         while (clock() - start) * 1e3 < schedule.warmup_ms or count == 0:
             step()

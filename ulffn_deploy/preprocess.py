@@ -86,7 +86,9 @@ def preprocess(
 ) -> tuple[np.ndarray, list[Placement]]:
     """HxWx3 uint8 RGB images of any sizes -> (Nx3xSxS float32 batch, one Placement per image)."""
     placements = [placement_for(im.shape[0], im.shape[1], size, mode) for im in images]
-    fitted = np.stack([fit_image(im, pl) for im, pl in zip(images, placements)]) if images else np.zeros((0, size, size, 3), np.uint8)
+    if not images:
+        return np.zeros((0, 3, size, size), np.float32), []
+    fitted = np.stack([fit_image(im, pl) for im, pl in zip(images, placements)])
     return normalize(fitted, normalization), placements
 
 

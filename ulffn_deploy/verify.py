@@ -128,7 +128,7 @@ def comparator_name() -> str:
         from importlib.metadata import version
 
         return f"polygraphy {version('polygraphy')}"
-    except Exception:  # noqa: BLE001 - PackageNotFoundError, or a broken installation: fall back to numpy
+    except Exception:
         return "numpy"
 
 
@@ -358,7 +358,8 @@ def verify_artifact(
     artifact_path = Path(artifact) if artifact else default_artifact(folder)
     reference_path = Path(reference) if reference else folder / "run" / "best.pt"
     if not reference_path.is_file():
-        raise UlffnError(f"{reference_path}: no such reference checkpoint", "pass --reference CHECKPOINT (the .pt it was exported from)")
+        raise UlffnError(f"{reference_path}: no such reference checkpoint",
+                         "pass --reference CHECKPOINT (the .pt it was exported from)")
     if reference_path.suffix.lower() != ".pt":
         raise UlffnError(f"{reference_path}: the reference must be a PyTorch checkpoint (.pt)",
                          "pass the best.pt the artifact was exported from")

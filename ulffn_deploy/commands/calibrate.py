@@ -17,7 +17,7 @@ METHODS = ("minmax", "entropy", "percentile")
               help="ISIC folder (calibrates on its --split images) or a plain folder of images.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="INT8 model to write [default: model.int8.onnx beside MODEL].")
-@click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default="percentile", show_default=True,
               help="How activation ranges are chosen from the calibration data.")
 @click.option("--num-images", type=click.IntRange(min=1), default=64, show_default=True,
               help="Calibration images, spread evenly over the split.")
@@ -41,6 +41,7 @@ def command(model: Path, data: Path, output: Path | None, method: str, num_image
     report = calibrate(model, data, output, method=method, num_images=num_images, split=split, exclude=exclude,
                        num_eval=num_eval, sensitivity=sensitivity, log=click.echo)
     if report["accuracy"].get("targets_met") is False:
-        click.echo("INT8 misses the accuracy targets: try --method percentile or entropy, or --sensitivity and "
-                   "--exclude the worst layers", err=True)
+        others = " or ".join(m for m in METHODS if m != method)
+        click.echo(f"INT8 misses the accuracy targets: try --method {others}, or --sensitivity and --exclude "
+                   "the most sensitive layers", err=True)
         sys.exit(1)

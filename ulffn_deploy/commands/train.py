@@ -30,10 +30,12 @@ def _training_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _launch(values: dict[str, Any], nproc: int) -> dict[str, Any]:
     """Check what can be checked here, then run ``torch.distributed.run`` with ``nproc`` processes."""
+    from ulffn_deploy.train.distributed import select_device
     from ulffn_deploy.train.trainer import preflight, resolve
 
     config = resolve(values)
     preflight(config, nproc)
+    select_device(config.device, local_rank=nproc - 1)  # one GPU per process, when on GPUs
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                "-m", "ulffn_deploy.train", *to_argv(values)]
     env = dict(os.environ)

@@ -139,8 +139,10 @@ class TrtSegmenter(Segmenter):
         count = len(batch)
         shape: Shape = (max(count, self.profile.min[0]), *batch.shape[1:])  # pad up to the profile's min batch
         if not self.profile.contains(shape):
-            raise UlffnError(f"input shape {batch.shape} is outside {self.path.name}'s profile: {self.profile.describe()}",
-                             f"preprocess to the engine's size, or rebuild with a wider profile ({_rebuild_hint(self.path, self.sidecar)})")
+            raise UlffnError(
+                f"input shape {batch.shape} is outside {self.path.name}'s profile: {self.profile.describe()}",
+                f"preprocess to the engine's size, or rebuild with a wider profile ({_rebuild_hint(self.path, self.sidecar)})",
+            )
         if shape != self._shape:
             self._set_shape(shape)
         out_shape = dims_to_shape(self.context.get_tensor_shape(self.output_name))
@@ -251,7 +253,7 @@ def _run_all(frees: Sequence[Callable[[], None]]) -> None:
     for free in frees:
         try:
             free()
-        except Exception as exc:  # noqa: BLE001 - keep freeing the rest, then report the first failure
+        except Exception as exc:
             first = first or exc
     if first is not None:
         raise first
