@@ -66,7 +66,9 @@ class OrtSegmenter(Segmenter):
         providers = providers_for(device)
         self.build_info = read_sidecar(path) if sidecar_path(path).is_file() else None
         if optimization is None:
-            optimization = "disable" if self.build_info else "all"
+            # an offline-optimised model still gets the layout passes (NCHWc) at load: they are specific to
+            # the CPU that runs it, which is why build-engine saves only the portable "extended" level
+            optimization = "all"
         if optimization not in OPTIMIZATION_LEVELS:
             raise UlffnError(f"unknown graph optimisation {optimization!r}", f"use one of {', '.join(OPTIMIZATION_LEVELS)}")
         self.session = create_session(path, providers, optimization, threads)
