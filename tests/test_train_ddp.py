@@ -21,7 +21,7 @@ from ulffn_deploy.train.checkpoint import load_checkpoint  # noqa: E402
 from ulffn_deploy.train.trainer import train  # noqa: E402
 
 OPTIONS = {"preset": "cpu-demo", "width": 8, "size": 32, "batch_size": 4, "val_count": 4, "epochs": 1,
-           "optimizer": "sgd", "lr": 0.05, "workers": 0, "quiet": True}
+           "optimizer": "sgd", "lr": 0.05, "workers": 0, "quiet": True, "device": "cpu"}
 
 
 @pytest.mark.slow
