@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ulffn_deploy.config import Normalization
-from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import sha256_file
-from ulffn_deploy.onnx_meta import decode
+from ulffn_deploy.onnx_meta import decode, load_onnx
 
 if TYPE_CHECKING:
     import onnx
@@ -44,27 +43,10 @@ class SourceModel:
     output_name: str
 
 
-def load_onnx_file(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Read an ONNX file; a missing or non-ONNX file is a one-line UlffnError."""
-    onnx = require("onnx")
-    from google.protobuf.message import DecodeError
-
-    path = Path(path)
-    if not path.is_file():
-        raise UlffnError(f"{path}: no such ONNX file", "run 'ulffn-deploy export' first or check the path")
-    try:
-        model = onnx.load(str(path))
-    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
-        raise UlffnError(f"{path}: not an ONNX model ({type(exc).__name__})", EXPORT_HINT) from exc
-    if not model.graph.node or not model.opset_import:
-        raise UlffnError(f"{path}: not an ONNX model (no graph or opset in the file)", EXPORT_HINT)
-    return model
-
-
 def load_source_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, SourceModel]:
     """Load an FP32 model written by ``ulffn-deploy export``; anything else is a UlffnError saying so."""
     path = Path(path)
-    model = load_onnx_file(path)
+    model = load_onnx(path, EXPORT_HINT)
     metadata = decode({p.key: p.value for p in model.metadata_props}, source=str(path))
     precision = metadata["precision"]
     if precision != "fp32":

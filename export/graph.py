@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ulffn_deploy.deps import require
@@ -16,23 +14,6 @@ if TYPE_CHECKING:
 # Nodes whose output is a build-time constant when all their inputs are (TensorRT folds these chains,
 # e.g. DequantizeLinear of an int8 weight initializer in a Q/DQ graph, or a Cast of an FP16 weight).
 CONSTANT_PRESERVING_OPS = frozenset({"Identity", "Cast", "QuantizeLinear", "DequantizeLinear"})
-
-
-def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Read an ONNX model; a missing, unreadable or non-ONNX file is a one-line UlffnError."""
-    onnx = require("onnx")
-    from google.protobuf.message import DecodeError
-
-    path = Path(path)
-    if not path.is_file():
-        raise UlffnError(f"{path}: no such ONNX file", "run 'ulffn-deploy export' first or check the path")
-    try:
-        model = onnx.load(str(path))
-    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
-        raise UlffnError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
-    if model.ir_version == 0 or not model.graph.node or not model.opset_import:
-        raise UlffnError(f"{path}: not an ONNX model (no graph or opset in the file)")
-    return model
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -434,9 +434,11 @@ def write_plot(results: Mapping[str, Any], path: Path) -> None:
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     points = plot_points(results["rows"])
-    for label, latency, agreement in points:
+    for index, (label, latency, agreement) in enumerate(sorted(points, key=lambda point: point[1])):
         axes.scatter(latency, agreement, s=40)
-        axes.annotate(label, (latency, agreement), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        # labels of neighbouring points go alternately above and below, so that they do not overlap
+        axes.annotate(label, (latency, agreement), textcoords="offset points", xytext=(5, 6 if index % 2 else -12),
+                      fontsize=8)
     latencies = [latency for _, latency, _ in points]
     log_scale = bool(latencies) and max(latencies) > 10 * min(latencies)
     if log_scale:

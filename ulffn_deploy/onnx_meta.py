@@ -62,6 +62,27 @@ def decode(props: Mapping[str, str], source: str = "model") -> dict[str, Any]:
         raise UlffnError(f"{source}: malformed ulffn.* metadata ({exc})") from exc
 
 
+def load_onnx(path: str | os.PathLike[str], hint: str | None = None) -> onnx.ModelProto:
+    """Read an ONNX model; a missing, unreadable or non-ONNX file is a one-line UlffnError."""
+    from pathlib import Path
+
+    from google.protobuf.message import DecodeError
+
+    from ulffn_deploy.deps import require
+
+    onnx = require("onnx")
+    path = Path(path)
+    if not path.is_file():
+        raise UlffnError(f"{path}: no such ONNX file", "run 'ulffn-deploy export' first or check the path")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
+        raise UlffnError(f"{path}: not an ONNX model, or unreadable ({type(exc).__name__})", hint) from exc
+    if model.ir_version == 0 or not model.graph.node or not model.opset_import:
+        raise UlffnError(f"{path}: not an ONNX model (no graph or opset in the file)", hint)
+    return model
+
+
 def set_metadata(model: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
     """Replace the model's ``ulffn.*`` metadata_props with ``meta`` (other entries are kept)."""
     props = encode(meta)

@@ -20,8 +20,8 @@ def command(model: Path) -> None:
     Prints "ok: ..." when clean; otherwise lists the offending nodes on stderr and exits with status 1.
     """
     require("onnx")
-    from ulffn_deploy.export.graph import load_onnx
     from ulffn_deploy.export.lint import lint_model, op_summary
+    from ulffn_deploy.onnx_meta import load_onnx
 
     graph = load_onnx(model)
     issues = lint_model(graph)
