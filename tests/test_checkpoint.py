@@ -130,3 +130,10 @@ def test_newer_format_version_is_refused(tmp_path: Path) -> None:
     torch.save({**_checkpoint(), "format": FORMAT, "version": 99}, tmp_path / "new.pt")
     with pytest.raises(UlffnError, match="newer"):
         load_checkpoint(tmp_path / "new.pt")
+
+
+def test_a_text_file_is_not_a_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "notes.pt"
+    path.write_text("these are not weights\n")
+    with pytest.raises(UlffnError, match="not a PyTorch checkpoint"):
+        load_checkpoint(path)

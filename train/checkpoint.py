@@ -42,6 +42,10 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Mapping[str, Any])
 
 
 def _read(path: Path) -> Any:
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):  # torch.save's zip archive, or a pickle
+        raise UlffnError(f"{path}: not a PyTorch checkpoint", "pass a best.pt or last.pt written by 'ulffn-deploy train'")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pickle-protocol notes about foreign files
