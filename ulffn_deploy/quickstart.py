@@ -64,7 +64,8 @@ class Quickstart:
     def train(self, _: dict[str, Any]) -> dict[str, Any]:
         from ulffn_deploy.train import make_config, train
 
-        config = make_config(str(self.data), str(self.artifacts / "run"), preset="cpu-demo", epochs=self.epochs)
+        config = make_config(str(self.data), str(self.artifacts / "run"), preset="cpu-demo", epochs=self.epochs,
+                             overwrite=True)  # quickstart always starts its run again
         self.log(f"training ULFFN {config.variant} width {config.width} at {config.size} px for {config.epochs} "
                  f"epochs (preset cpu-demo) -> {config.out}")
         result: dict[str, Any] = train(config)
