@@ -36,6 +36,7 @@ from ulffn_deploy.export.onnx_export import WithSoftmax, fp32_scopes, torch_to_o
 from ulffn_deploy.export.parity import parity_batch, parity_images
 from ulffn_deploy.fileio import write_json_atomic, write_text_atomic
 from ulffn_deploy.model import build_model
+from ulffn_deploy.runtime.ort_backend import create_session
 
 # name -> (base width, input size, timed iterations); 512 at width 64 is ~1.2 TFLOPs per image
 CONFIGS = {"cpu-demo": (16, 128, 20), "paper": (64, 512, 3)}
@@ -54,11 +55,7 @@ def median_ms(run: Callable[[], object], iterations: int) -> float:
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return create_session(path, threads=threads)
 
 
 def quantize_int8(fp32: Path, out: Path, batch: np.ndarray) -> str | None:

@@ -40,10 +40,9 @@ def graph_summary(model: onnx.ModelProto, excluded: Mapping[str, str]) -> dict[s
 
 
 def ort_session(model: str | os.PathLike[str] | bytes) -> onnxruntime.InferenceSession:
-    import onnxruntime
+    from ulffn_deploy.runtime.ort_backend import create_session
 
-    source = model if isinstance(model, bytes) else os.fspath(model)
-    return onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return create_session(model)
 
 
 def lesion_masks(probabilities: np.ndarray) -> np.ndarray:

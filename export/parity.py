@@ -31,15 +31,9 @@ CHUNK = 4  # images per inference call: bounds memory at 512 x 512
 
 def ort_session(path: str | os.PathLike[str]) -> onnxruntime.InferenceSession:
     """An ONNX Runtime CPU session with all graph optimizations; a bad file is a one-line UlffnError."""
-    import onnxruntime as ort
+    from ulffn_deploy.runtime.ort_backend import create_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types for unreadable models
-        raise UlffnError(f"{path}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:200]})") from exc
+    return create_session(path)
 
 
 def run_session(session: onnxruntime.InferenceSession, batch: np.ndarray) -> np.ndarray:

@@ -43,17 +43,20 @@ def providers_for(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def create_session(path: str | os.PathLike[str], providers: list[str], optimization: str = "all",
+def create_session(model: str | os.PathLike[str] | bytes, providers: list[str] | None = None, optimization: str = "all",
                    threads: int | None = None) -> ort.InferenceSession:
-    """An InferenceSession with UlffnErrors for unreadable models."""
+    """An InferenceSession (CPU unless ``providers`` say otherwise) with UlffnErrors for unreadable models."""
     options = ort.SessionOptions()
     options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    options.log_severity_level = 3  # errors only: ORT's optimizer notes are not for users
     if threads:
         options.intra_op_num_threads = int(threads)
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    name = "the in-memory model" if isinstance(model, bytes) else os.fspath(model)
     try:
-        return ort.InferenceSession(os.fspath(path), options, providers=providers)
+        return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime raises its own exception types for unreadable models
-        raise UlffnError(f"{path}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:300]})") from exc
+        raise UlffnError(f"{name}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:300]})") from exc
 
 
 class OrtSegmenter(Segmenter):
