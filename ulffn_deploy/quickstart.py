@@ -14,7 +14,7 @@ from ulffn_deploy.errors import UlffnError
 Log = Callable[[str], None]
 
 # the synthetic set: ISIC 2016 layout, images 128 px on the shorter side (cpu-demo trains at 96)
-SYNTH = {"n_train": 200, "n_test": 40, "size": 128, "seed": 0}
+SYNTH: dict[str, Any] = {"n_train": 200, "n_test": 40, "size": 128, "seed": 0}
 PREDICT_IMAGES = 4
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -31,7 +32,7 @@ def masks_by_id(folder: Path) -> dict[str, Path]:
     return found
 
 
-def score_folders(predictions: Path, truths: Path) -> dict[str, object]:
+def score_folders(predictions: Path, truths: Path) -> dict[str, Any]:
     """Per-image and mean metrics of the predictions that have a ground-truth mask."""
     predicted, truth = masks_by_id(predictions), masks_by_id(truths)
     paired = sorted(predicted.keys() & truth.keys())
@@ -57,9 +58,9 @@ def command(pred_dir: Path, truth_dir: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(format_table({f"{result['images']} images": result["mean"]}))  # type: ignore[dict-item]
+    click.echo(format_table({f"{result['images']} images": result["mean"]}))
     for key, label in (("missing_predictions", "ground truth without prediction"),
                        ("unmatched_predictions", "predictions without ground truth")):
         ids = result[key]
         if ids:
-            click.echo(f"{len(ids)} {label}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}", err=True)  # type: ignore[arg-type]
+            click.echo(f"{len(ids)} {label}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}", err=True)
