@@ -14,7 +14,7 @@ import numpy as np
 
 from ulffn_deploy.data import SPLITS, YEARS, IsicSegmentation
 from ulffn_deploy.errors import UlffnError
-from ulffn_deploy.imageio import IMAGE_SUFFIXES, read_mask, read_rgb
+from ulffn_deploy.imageio import image_files, read_mask, read_rgb
 from ulffn_deploy.preprocess import fit_mask, placement_for, preprocess
 
 from .source import Preprocessing
@@ -63,8 +63,7 @@ def _isic_set(root: Path, split: str, masks: bool) -> ImageSet | None:
 
 
 def _plain_folder(root: Path) -> ImageSet:
-    images = tuple(sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                          and not _NOT_IMAGES.search(p.stem)))
+    images = tuple(p for p in image_files(root) if not _NOT_IMAGES.search(p.stem))
     return ImageSet(images, (None,) * len(images), f"image folder {root}")
 
 

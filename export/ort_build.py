@@ -27,6 +27,7 @@ from ulffn_deploy import __version__
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import atomic_path, sha256_file, write_json_atomic
 from ulffn_deploy.onnx_meta import decode
+from ulffn_deploy.runtime.devices import cpu_name
 from ulffn_deploy.runtime.metadata import SIDECAR_FORMAT, SIDECAR_VERSION, ArtifactMetadata, sidecar_path
 from ulffn_deploy.runtime.ort_backend import OPTIMIZATION_LEVELS, create_session
 
@@ -92,18 +93,6 @@ def sidecar_common(source: OnnxSource, backend: str, seconds: float, command: Se
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "toolkit_version": __version__,
     }
-
-
-def cpu_name() -> str:
-    """The CPU model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_ort_model(onnx_path: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,

@@ -131,7 +131,7 @@ def parity_images(count: int, size: int, data: str | os.PathLike[str] | None = N
 
 def _folder_images(folder: Path, count: int) -> list[np.ndarray]:
     from ulffn_deploy.data import IsicSegmentation
-    from ulffn_deploy.imageio import IMAGE_SUFFIXES, read_rgb
+    from ulffn_deploy.imageio import image_files, read_rgb
 
     if not folder.is_dir():
         raise UlffnError(f"{folder}: no such folder of parity images")
@@ -139,7 +139,7 @@ def _folder_images(folder: Path, count: int) -> list[np.ndarray]:
         isic = IsicSegmentation(folder, 2016, "test", masks=False)
         paths = [sample.image_path for sample in isic][:count]
     except UlffnError:
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+        paths = image_files(folder)[:count]
     if not paths:
         raise UlffnError(f"{folder}: no images for the parity check", "give an ISIC folder or a folder of images")
     return [read_rgb(path) for path in paths]

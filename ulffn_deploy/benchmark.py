@@ -27,6 +27,7 @@ from ulffn_deploy.fileio import atomic_path, write_json_atomic, write_text_atomi
 from ulffn_deploy.latency import Schedule
 from ulffn_deploy.metrics import image_metrics
 from ulffn_deploy.preprocess import probabilities_to_masks
+from ulffn_deploy.runtime.devices import cpu_name
 from ulffn_deploy.verify import (
     Item,
     Preparation,
@@ -60,16 +61,6 @@ class Candidate:
 
 # -- machine ------------------------------------------------------------------------------------------
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def _version(package: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -92,7 +83,7 @@ def _cuda_device() -> str | None:
 def machine_description() -> dict[str, Any]:
     """CPU model and cores, GPU (through torch) and library versions: the header of every result."""
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "gpu": _cuda_device(),
         "platform": platform.platform(),

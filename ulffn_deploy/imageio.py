@@ -13,6 +13,12 @@ from ulffn_deploy.errors import UlffnError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def image_files(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
+    """The image files in ``folder`` (by suffix, any case), sorted; with ``recursive`` also in sub-folders."""
+    candidates = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+    return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def _open(path: str | os.PathLike[str]) -> Image.Image:
     try:
         image = Image.open(path)

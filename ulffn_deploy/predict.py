@@ -19,7 +19,7 @@ from PIL import Image, ImageFilter
 
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import write_text_atomic
-from ulffn_deploy.imageio import IMAGE_SUFFIXES, read_rgb, write_mask, write_rgb
+from ulffn_deploy.imageio import IMAGE_SUFFIXES, image_files, read_rgb, write_mask, write_rgb
 
 CSV_NAME = "predictions.csv"
 CSV_COLUMNS = ("file", "height", "width", "lesion_pixels", "lesion_fraction", "mean_lesion_probability")
@@ -73,7 +73,7 @@ def collect_images(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path,
     found: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = image_files(item, recursive=True)
             found += [(p, p.relative_to(item).with_suffix("")) for p in files]
         elif item.exists():
             found.append((item, Path(item.stem)))

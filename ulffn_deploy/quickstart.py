@@ -88,12 +88,11 @@ class Quickstart:
 
     def calibrate(self, summary: dict[str, Any]) -> dict[str, Any]:
         from ulffn_deploy.calib.pipeline import calibrate
-        from ulffn_deploy.export.parity import format_parity_table, parity_report
+        from ulffn_deploy.export.parity import format_parity_table
 
         report = calibrate(self.artifacts / "model.fp32.onnx", self.data, log=self.log)
         fp32 = summary["export"]["parity"]
-        int8 = parity_report(self.artifacts / "model.int8.onnx", self._reference_probabilities(),
-                             self._parity_batch(), "int8", tolerances={"dice_mean": 0.98})
+        int8 = self._int8_parity()
         self.log("\nParity against PyTorch (ONNX Runtime CPU, synthetic dermoscopy images):")
         self.log(format_parity_table([*fp32, int8]))
         return {"report": report, "parity_int8": int8}
@@ -136,21 +135,15 @@ class Quickstart:
             raise UlffnError(f"verify failed for {summary['build']['artifact']}", "see the table above")
         return report
 
-    def _parity_batch(self) -> Any:
-        if not hasattr(self, "_batch"):
-            from ulffn_deploy.config import Normalization
-            from ulffn_deploy.export.parity import parity_batch, parity_images
-            from ulffn_deploy.train import load_model
+    def _int8_parity(self) -> dict[str, Any]:
+        """The INT8 model against PyTorch on the images and preprocessing export's parity check uses."""
+        from ulffn_deploy.config import Normalization
+        from ulffn_deploy.export.parity import parity_batch, parity_images, parity_report
+        from ulffn_deploy.train import load_model
 
-            model, info = load_model(self.checkpoint)
-            size = int(info["input_size"])
-            normalization = Normalization.from_dict(info["normalization"])
-            self._batch = parity_batch(parity_images(8, size, self.data), size, str(info["fit_mode"]), normalization)
-            self._model = model
-        return self._batch
-
-    def _reference_probabilities(self) -> Any:
-        from ulffn_deploy.export.parity import torch_probabilities
-
-        batch = self._parity_batch()
-        return torch_probabilities(self._model, batch)
+        model, info = load_model(self.checkpoint)
+        size = int(info["input_size"])
+        normalization = Normalization.from_dict(info["normalization"])
+        batch = parity_batch(parity_images(8, size, self.data), size, str(info["fit_mode"]), normalization)
+        return parity_report(self.artifacts / "model.int8.onnx", model, batch, "int8",
+                             tolerances={"dice_mean": 0.98})

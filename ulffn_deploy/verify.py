@@ -24,7 +24,7 @@ from ulffn_deploy.config import Normalization
 from ulffn_deploy.data import FOLDERS, IsicSegmentation
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import sha256_file
-from ulffn_deploy.imageio import IMAGE_SUFFIXES, read_mask, read_rgb
+from ulffn_deploy.imageio import image_files, read_mask, read_rgb
 from ulffn_deploy.latency import DEVICE_SERIES, Schedule, format_latency_table, measure
 from ulffn_deploy.metrics import format_table, image_metrics, mean_metrics
 from ulffn_deploy.preprocess import preprocess, probabilities_to_masks
@@ -174,7 +174,7 @@ def find_images(data_dir: str | os.PathLike[str], year: int = 2016, split: str =
         items = [Item(s.isic_id, s.image_path, s.mask_path) for s in dataset][:limit]
         labels = "with labels" if dataset.mask_dir else "without labels"
         return items, f"ISIC {year} {split} in {root}, {len(items)} of {len(dataset)} images, {labels}"
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(root)
     if not files:
         raise UlffnError(f"{root}: no images (neither ISIC {year} {split} folders nor image files)",
                          "pass --data with an ISIC folder or a folder of images, or make one with 'ulffn-deploy synth DIR'")

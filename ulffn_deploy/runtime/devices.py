@@ -7,12 +7,25 @@
 from __future__ import annotations
 
 import importlib
+import platform
 import shutil
 from types import ModuleType
 
 from ulffn_deploy.errors import UlffnError
 
 TENSORRT_HINT = "pip install 'ulffn-deploy[tensorrt]' on a machine with an NVIDIA GPU"
+
+
+def cpu_name() -> str:
+    """The CPU model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def import_tensorrt() -> ModuleType | None:
