@@ -36,7 +36,7 @@ from ulffn_deploy.export.onnx_export import WithSoftmax, fp32_scopes, torch_to_o
 from ulffn_deploy.export.parity import parity_batch, parity_images
 from ulffn_deploy.fileio import write_json_atomic, write_text_atomic
 from ulffn_deploy.model import build_model
-from ulffn_deploy.runtime.ort_backend import create_session
+from ulffn_deploy.targets.onnxruntime import create_session
 
 # name -> (base width, input size, timed iterations); 512 at width 64 is ~1.2 TFLOPs per image
 CONFIGS = {"cpu-demo": (16, 128, 20), "paper": (64, 512, 3)}

@@ -40,7 +40,7 @@ def graph_summary(model: onnx.ModelProto, excluded: Mapping[str, str]) -> dict[s
 
 
 def ort_session(model: str | os.PathLike[str] | bytes) -> onnxruntime.InferenceSession:
-    from ulffn_deploy.runtime.ort_backend import create_session
+    from ulffn_deploy.targets.onnxruntime import create_session
 
     return create_session(model)
 

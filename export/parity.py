@@ -31,7 +31,7 @@ CHUNK = 4  # images per inference call: bounds memory at 512 x 512
 
 def ort_session(path: str | os.PathLike[str]) -> onnxruntime.InferenceSession:
     """An ONNX Runtime CPU session with all graph optimizations; a bad file is a one-line UlffnError."""
-    from ulffn_deploy.runtime.ort_backend import create_session
+    from ulffn_deploy.targets.onnxruntime import create_session
 
     return create_session(path)
 

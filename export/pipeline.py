@@ -97,7 +97,7 @@ def export_checkpoint(
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out_dir``/model.fp32.onnx and model.fp16.onnx (see the module docstring)."""
     onnx = require("onnx")
-    from ulffn_deploy.train.checkpoint import load_model
+    from ulffn_deploy.checkpoint import load_model
 
     out = Path(out_dir)
     model, info = load_model(checkpoint)

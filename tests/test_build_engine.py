@@ -14,16 +14,16 @@ from tiny_models import SIZE, sample_images, tiny_onnx
 from ulffn_deploy.cli import cli
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.export import ort_build
-from ulffn_deploy.export.engine import (
+from ulffn_deploy.targets.tensorrt import (
     EngineOptions,
     _timing_cache_files,
     build_best_backend,
     default_onnx,
     make_profile,
 )
-from ulffn_deploy.export.ort_build import default_output, describe_onnx
+from ulffn_deploy.targets.onnxruntime_build import default_output, describe_onnx
 from ulffn_deploy.runtime import Segmenter
-from ulffn_deploy.runtime.devices import tensorrt_unavailable_reason
+from ulffn_deploy.devices import tensorrt_unavailable_reason
 
 
 @pytest.fixture

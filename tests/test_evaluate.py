@@ -20,7 +20,7 @@ from ulffn_deploy.metrics import METRICS  # noqa: E402
 from ulffn_deploy.model import build_model  # noqa: E402
 from ulffn_deploy.preprocess import fit_mask, placement_for  # noqa: E402
 from ulffn_deploy.synth import generate_dataset  # noqa: E402
-from ulffn_deploy.train.checkpoint import save_checkpoint  # noqa: E402
+from ulffn_deploy.checkpoint import save_checkpoint  # noqa: E402
 from ulffn_deploy.train.dataset import SkippedSampleWarning  # noqa: E402
 from ulffn_deploy.train.evaluate import evaluate_checkpoint  # noqa: E402
 

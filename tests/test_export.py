@@ -20,7 +20,7 @@ from ulffn_deploy.export.parity import TOLERANCES, ort_session, parity_batch, pa
 from ulffn_deploy.fileio import sha256_file
 from ulffn_deploy.model import build_model
 from ulffn_deploy.onnx_meta import decode, get_metadata, read_metadata, set_metadata
-from ulffn_deploy.train.checkpoint import save_checkpoint
+from ulffn_deploy.checkpoint import save_checkpoint
 
 SIZE, WIDTH = 64, 8
 
@@ -53,7 +53,7 @@ def exported(checkpoint, tmp_path_factory):
 
 
 def _load_model(checkpoint):
-    from ulffn_deploy.train.checkpoint import load_model
+    from ulffn_deploy.checkpoint import load_model
 
     return load_model(checkpoint)[0]
 

@@ -13,7 +13,7 @@ from ulffn_deploy.config import ModelConfig, Normalization
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.preprocess import preprocess
 from ulffn_deploy.runtime import ArtifactMetadata, Segmenter
-from ulffn_deploy.runtime.devices import tensorrt_unavailable_reason
+from ulffn_deploy.devices import tensorrt_unavailable_reason
 from ulffn_deploy.runtime.metadata import engine_compatibility_problem, read_sidecar
 
 

@@ -12,7 +12,7 @@ from tiny_models import SIZE, sample_images, tiny_onnx
 from ulffn_deploy.config import Normalization
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.preprocess import preprocess
-from ulffn_deploy.runtime.devices import gpu_problem, tensorrt_unavailable_reason
+from ulffn_deploy.devices import gpu_problem, tensorrt_unavailable_reason
 
 pytestmark = pytest.mark.gpu
 
@@ -27,7 +27,7 @@ TOLERANCE = {"fp32": (1e-3, 1e-4), "fp16": (2e-2, 2e-3), "int8": (0.15, 0.02)}
 # -- cuda-python only ----------------------------------------------------------------------------------
 @needs_gpu
 def test_device_properties_name_and_compute_capability():
-    from ulffn_deploy.runtime import cuda_utils as cu
+    from ulffn_deploy.targets import cuda as cu
 
     props = cu.device_properties(0)
     assert cu.device_count() >= 1
@@ -39,7 +39,7 @@ def test_device_properties_name_and_compute_capability():
 
 @needs_gpu
 def test_pinned_device_round_trip_and_event_timing():
-    from ulffn_deploy.runtime import cuda_utils as cu
+    from ulffn_deploy.targets import cuda as cu
 
     data = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     stream = cu.Stream()
@@ -67,7 +67,7 @@ def test_pinned_device_round_trip_and_event_timing():
 
 @needs_gpu
 def test_graph_replays_captured_copies_with_new_host_data():
-    from ulffn_deploy.runtime import cuda_utils as cu
+    from ulffn_deploy.targets import cuda as cu
 
     nbytes = 4096 * 4
     stream, host_in, host_out, device = cu.Stream(), cu.PinnedBuffer(nbytes), cu.PinnedBuffer(nbytes), cu.DeviceBuffer(nbytes)
@@ -90,7 +90,7 @@ def test_graph_replays_captured_copies_with_new_host_data():
 
 @needs_gpu
 def test_cuda_errors_are_named():
-    from ulffn_deploy.runtime import cuda_utils as cu
+    from ulffn_deploy.targets import cuda as cu
 
     with pytest.raises(cu.CudaError, match="cudaMalloc.*cudaError"):
         cu.DeviceBuffer(1 << 60)
@@ -101,7 +101,7 @@ def test_cuda_errors_are_named():
 # -- TensorRT -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
-    from ulffn_deploy.export.engine import EngineOptions, build_tensorrt_engine
+    from ulffn_deploy.targets.tensorrt import EngineOptions, build_tensorrt_engine
 
     out = tmp_path_factory.mktemp("engines")
     built = {}
@@ -196,7 +196,7 @@ def test_parser_errors_name_the_node(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from ulffn_deploy.export.engine import build_tensorrt_engine
+    from ulffn_deploy.targets.tensorrt import build_tensorrt_engine
 
     model = onnx.load(str(tiny_onnx("int8")))  # skips without ulffn_deploy.calib
     node = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2)

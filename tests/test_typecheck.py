@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TENSORRT_MODULES = ["ulffn_deploy/runtime/trt_backend.py", "ulffn_deploy/runtime/cuda_utils.py", "ulffn_deploy/export/engine.py"]
+TENSORRT_MODULES = ["ulffn_deploy/targets/tensorrt_runtime.py", "ulffn_deploy/targets/cuda.py", "ulffn_deploy/targets/tensorrt.py"]
 MAPPED_SUBPACKAGES = ("train", "export", "calib")  # installed as ulffn_deploy.<name> (pyproject package-dir)
 STUB_FIXES = [
     (re.compile(r"\bin: list\["), "in_: list["),

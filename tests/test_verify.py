@@ -200,14 +200,14 @@ def test_empty_data_folder_is_one_line_exit_2(tmp_path):
 
 @pytest.mark.gpu
 def test_tensorrt_engine_reports_device_timings(tmp_path):
-    from ulffn_deploy.runtime.devices import tensorrt_unavailable_reason
+    from ulffn_deploy.devices import tensorrt_unavailable_reason
 
     reason = tensorrt_unavailable_reason()
     if reason:
         pytest.skip(reason)
     import shutil
 
-    from ulffn_deploy.export.engine import build_tensorrt_engine
+    from ulffn_deploy.targets.tensorrt import build_tensorrt_engine
 
     folder = artifacts()
     for name in ("model.fp16.onnx",):

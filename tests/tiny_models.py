@@ -52,7 +52,7 @@ def metadata(precision: str = "fp32") -> dict:
 @functools.cache
 def tiny_checkpoint() -> Path:
     from ulffn_deploy.config import Normalization
-    from ulffn_deploy.train.checkpoint import save_checkpoint
+    from ulffn_deploy.checkpoint import save_checkpoint
 
     path = workdir() / "best.pt"
     save_checkpoint(path, {"model_config": {"variant": "w-ac", "width": WIDTH}, "normalization": Normalization().to_dict(),

@@ -22,7 +22,7 @@ def save_tiny_checkpoint(path: Path, seed: int) -> Path:
 
     from ulffn_deploy.config import Normalization
     from ulffn_deploy.model import ULFFN
-    from ulffn_deploy.train.checkpoint import save_checkpoint
+    from ulffn_deploy.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     model = ULFFN(width=WIDTH).eval()

@@ -1,7 +1,7 @@
 """ulffn_deploy.train: training (DDP under torchrun), checkpoints and evaluation. Needs torch.
 
 ``train(config_or_options)`` runs a training in this process; ``python -m ulffn_deploy.train`` is the
-entry point torchrun starts on every process. Checkpoints: ``ulffn_deploy.train.checkpoint``.
+entry point torchrun starts on every process. Checkpoints: ``ulffn_deploy.checkpoint``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ _HOMES = {
     "TrainConfig": "presets",
     "make_config": "presets",
     "train": "trainer",
-    "load_checkpoint": "checkpoint",
-    "load_model": "checkpoint",
+    "load_checkpoint": "ulffn_deploy.checkpoint",
+    "load_model": "ulffn_deploy.checkpoint",
     "evaluate_checkpoint": "evaluate",
 }
 
@@ -26,4 +26,5 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'ulffn_deploy.train' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(f"ulffn_deploy.train.{_HOMES[name]}"), name)
+    home = _HOMES[name]
+    return getattr(importlib.import_module(home if "." in home else f"ulffn_deploy.train.{home}"), name)

@@ -22,7 +22,7 @@ from ulffn_deploy.data import IsicSegmentation
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.metrics import image_metrics, mean_metrics
 from ulffn_deploy.preprocess import FIT_MODES, fit_mask, preprocess, probabilities_to_masks, softmax
-from ulffn_deploy.train.checkpoint import load_model
+from ulffn_deploy.checkpoint import load_model
 from ulffn_deploy.train.dataset import SkippedSampleWarning
 from ulffn_deploy.train.distributed import select_device
 

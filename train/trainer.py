@@ -27,7 +27,7 @@ from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import write_json_atomic
 from ulffn_deploy.metrics import METRICS, image_metrics
 from ulffn_deploy.train import distributed
-from ulffn_deploy.train.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from ulffn_deploy.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from ulffn_deploy.train.dataset import EpochSampler, SegmentationDataset, train_val_split
 from ulffn_deploy.train.presets import TrainConfig, make_config
 from ulffn_deploy.train.runlog import RunLog

@@ -27,7 +27,7 @@ from ulffn_deploy.fileio import atomic_path, write_json_atomic, write_text_atomi
 from ulffn_deploy.latency import Schedule
 from ulffn_deploy.metrics import image_metrics
 from ulffn_deploy.preprocess import probabilities_to_masks
-from ulffn_deploy.runtime.devices import cpu_name
+from ulffn_deploy.devices import cpu_name
 from ulffn_deploy.verify import (
     Item,
     Preparation,
@@ -142,13 +142,13 @@ def _ort_candidates(folder: Path) -> list[Candidate]:
 
 def _build_engine(onnx_path: Path, engine_path: Path) -> None:
     """Build a missing engine with the export stage's builder (the same as 'ulffn-deploy build-engine')."""
-    from ulffn_deploy.export.engine import build_tensorrt_engine
+    from ulffn_deploy.targets.tensorrt import build_tensorrt_engine
 
     build_tensorrt_engine(onnx_path, engine_path)
 
 
 def _trt_candidates(folder: Path, build: bool, log: Callable[[str], None]) -> list[Candidate]:
-    from ulffn_deploy.runtime.devices import tensorrt_unavailable_reason
+    from ulffn_deploy.devices import tensorrt_unavailable_reason
 
     reason = tensorrt_unavailable_reason()
     rows = []
@@ -301,7 +301,7 @@ def run_benchmark(
     (``artifacts_dir/benchmark`` by default) and return the results."""
     from ulffn_deploy.config import ModelConfig, Normalization
     from ulffn_deploy.model import model_info
-    from ulffn_deploy.train.checkpoint import load_checkpoint
+    from ulffn_deploy.checkpoint import load_checkpoint
 
     folder = Path(artifacts_dir)
     checkpoint = Path(reference) if reference else folder / "run" / "best.pt"

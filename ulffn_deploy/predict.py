@@ -25,9 +25,6 @@ CSV_NAME = "predictions.csv"
 CSV_COLUMNS = ("file", "height", "width", "lesion_pixels", "lesion_fraction", "mean_lesion_probability")
 OUTLINE_RGB = (0, 255, 0)
 OUTLINE_WIDTH = 2  # pixels, inside the mask's edge
-# artifacts tried in order when none is named: TensorRT engines only where TensorRT and a GPU are usable
-ENGINE_CANDIDATES = ("model.fp16.engine", "model.int8.engine", "model.fp32.engine")
-CPU_CANDIDATES = ("model.fp32.ort.onnx", "model.fp32.onnx")
 
 
 @dataclass
@@ -48,20 +45,6 @@ class PredictSummary:
         failed = f", {len(self.failed)} failed" if self.failed else ""
         return (f"predicted {len(self.predicted)} image(s){failed} with {self.artifact.name} "
                 f"({self.info['backend']}, {self.info['precision']}, fit {self.info['fit_mode']}) -> {self.out_dir}")
-
-
-def default_artifact(artifacts_dir: str | os.PathLike[str] = "artifacts") -> Path:
-    """The best artifact in ``artifacts_dir`` this machine can run: a TensorRT engine (fp16, int8, fp32) when
-    TensorRT and a GPU are usable, else the ONNX Runtime model (offline-optimised fp32, then plain fp32)."""
-    from ulffn_deploy.runtime.devices import tensorrt_unavailable_reason
-
-    folder = Path(artifacts_dir)
-    candidates = CPU_CANDIDATES if tensorrt_unavailable_reason() else ENGINE_CANDIDATES + CPU_CANDIDATES
-    for name in candidates:
-        if (folder / name).is_file():
-            return folder / name
-    raise UlffnError(f"no model found in {folder} (looked for {', '.join(candidates)})",
-                     "run 'ulffn-deploy quickstart' or 'ulffn-deploy export', or name the model file first")
 
 
 def collect_images(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, Path]]:
@@ -126,10 +109,11 @@ def predict_paths(artifact: str | os.PathLike[str] | None, inputs: Sequence[str 
                   report: Callable[[str], None] | None = None, **load_options: Any) -> PredictSummary:
     """Predict every image in ``inputs``; write ``<key>_mask.png``, ``<key>_overlay.png`` and predictions.csv.
 
-    ``artifact`` None picks :func:`default_artifact` in ``artifacts_dir``. Files that cannot be read are
+    ``artifact`` None picks the registry's default artifact of ``artifacts_dir``. Files that cannot be read are
     passed to ``report`` (a one-line message each) and listed in the summary's ``failed``.
     """
     from ulffn_deploy.runtime import Segmenter
+    from ulffn_deploy.targets.registry import default_artifact
 
     if batch_size < 1:
         raise UlffnError(f"batch size {batch_size} is not positive")

@@ -98,17 +98,15 @@ class Quickstart:
         return {"report": report, "parity_int8": int8}
 
     def build(self, _: dict[str, Any]) -> dict[str, Any]:
-        from ulffn_deploy.export.engine import best_backend, build_best_backend
+        from ulffn_deploy.targets.registry import best_builder, build, default_onnx
 
-        backend = best_backend()
-        # FP32 is ONNX Runtime's fastest CPU path for this graph (benchmarks/results: its Q/DQ INT8 graph is
-        # laid out for TensorRT, and FP16 has few CPU kernels); TensorRT gets the FP16 network.
-        precision = "fp16" if backend == "tensorrt" else "fp32"
-        if backend != "tensorrt":
+        target = best_builder()
+        precision = target.default_build_precision
+        if target.name == "onnxruntime":
             self.log("TensorRT or an NVIDIA GPU is not available here: building for ONNX Runtime on the CPU")
-        path = build_best_backend(self.artifacts, precision)
-        self.log(f"built {path} ({backend}, {precision})")
-        return {"backend": backend, "precision": precision, "artifact": str(path)}
+        path = build(target.name, default_onnx(self.artifacts, precision))
+        self.log(f"built {path} ({target.name}, {precision})")
+        return {"backend": target.name, "precision": precision, "artifact": str(path)}
 
     def predict(self, summary: dict[str, Any]) -> dict[str, Any]:
         from ulffn_deploy.data import IsicSegmentation

@@ -28,13 +28,11 @@ from ulffn_deploy.imageio import image_files, read_mask, read_rgb
 from ulffn_deploy.latency import DEVICE_SERIES, Schedule, format_latency_table, measure
 from ulffn_deploy.metrics import format_table, image_metrics, mean_metrics
 from ulffn_deploy.preprocess import preprocess, probabilities_to_masks
+from ulffn_deploy.targets.registry import DEFAULT_ARTIFACTS, default_artifact
 
 if TYPE_CHECKING:
     from ulffn_deploy.runtime import Segmenter
 
-DEFAULT_ARTIFACTS = Path("artifacts")
-# deployment artifacts in order of precedence: a TensorRT engine, an ONNX Runtime offline model, an ONNX file
-ARTIFACT_PATTERNS = ("model.*.engine", "model.*.ort.onnx", "model.*.onnx")
 WORST_SHOWN = 3
 LABEL_METRICS = ("dice", "jaccard", "accuracy", "sensitivity", "specificity")
 
@@ -180,18 +178,6 @@ def find_images(data_dir: str | os.PathLike[str], year: int = 2016, split: str =
                          "pass --data with an ISIC folder or a folder of images, or make one with 'ulffn-deploy synth DIR'")
     items = [Item(p.stem, p, None) for p in files][:limit]
     return items, f"{len(items)} of {len(files)} images in {root}, without labels"
-
-
-def default_artifact(artifacts_dir: str | os.PathLike[str] = DEFAULT_ARTIFACTS) -> Path:
-    """The deployment artifact quickstart built: an engine, else an ONNX Runtime model, else an ONNX file
-    (the newest of a kind when there are several)."""
-    folder = Path(artifacts_dir)
-    for pattern in ARTIFACT_PATTERNS:
-        found = [p for p in folder.glob(pattern) if p.is_file()]
-        if found:
-            return max(found, key=lambda p: (p.stat().st_mtime, p.name))
-    raise UlffnError(f"no deployment artifact (model.<precision>.engine / .ort.onnx / .onnx) in {folder}",
-                     "pass ARTIFACT, or build one with 'ulffn-deploy quickstart' or 'ulffn-deploy export'")
 
 
 def open_runner(path: str | os.PathLike[str], **options: Any) -> Segmenter:
@@ -351,8 +337,8 @@ def verify_artifact(
 ) -> dict[str, Any]:
     """Run ``artifact`` and the PyTorch ``reference`` on the same images; the report as a JSON-ready dict.
 
-    Defaults follow quickstart's layout under ``artifacts_dir``: the newest engine, else ONNX Runtime
-    model, else ONNX file; ``run/best.pt``; ``data/``. ``report["passed"]`` is the verdict.
+    Defaults follow quickstart's layout under ``artifacts_dir``: the registry's default artifact,
+    ``run/best.pt``, ``data/``. ``report["passed"]`` is the verdict.
     """
     folder = Path(artifacts_dir)
     artifact_path = Path(artifact) if artifact else default_artifact(folder)

@@ -6,10 +6,17 @@ import sys
 
 import click
 
-MODEL_SUFFIXES = (".engine", ".plan", ".onnx", ".pt")
+from ulffn_deploy.targets.registry import DEFAULT_RULE
+
+HELP = f"""Segment images: predict [MODEL] IMAGES_OR_FOLDERS... -o OUT.
+
+MODEL is any artifact the registry knows (.engine TensorRT, .onnx ONNX Runtime, .pt PyTorch, ...). Without
+it, --artifacts' default artifact is used: {DEFAULT_RULE}. Folders are searched recursively. Files that
+cannot be read are reported and skipped; the exit code is then 1.
+"""
 
 
-@click.command(name="predict")
+@click.command(name="predict", help=HELP)
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", "out_dir", default="predictions", show_default=True, type=click.Path(file_okay=False),
               help="Folder for <name>_mask.png, <name>_overlay.png and predictions.csv.")
@@ -24,17 +31,11 @@ MODEL_SUFFIXES = (".engine", ".plan", ".onnx", ".pt")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def command(paths: tuple[str, ...], out_dir: str, artifacts: str, batch_size: int, fit_mode: str,
             device: str | None, progress: bool) -> None:
-    """Segment images: predict [MODEL] IMAGES_OR_FOLDERS... -o OUT.
-
-    MODEL is a .engine (TensorRT), .onnx (ONNX Runtime) or .pt (PyTorch) file. Without it, the best model in
-    --artifacts that runs here is used: model.fp16/int8/fp32.engine where TensorRT and a GPU are usable, else
-    model.fp32.ort.onnx, else model.fp32.onnx. Folders are searched recursively. Files that cannot be read
-    are reported and skipped; the exit code is then 1.
-    """
     from ulffn_deploy.errors import UlffnError
-    from ulffn_deploy.predict import default_artifact, predict_paths
+    from ulffn_deploy.predict import predict_paths
+    from ulffn_deploy.targets.registry import default_artifact, is_artifact
 
-    named = paths[0].lower().endswith(MODEL_SUFFIXES)
+    named = is_artifact(paths[0])
     inputs = paths[1:] if named else paths
     if not inputs:
         raise click.UsageError("no images given after the model")

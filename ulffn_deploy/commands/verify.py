@@ -7,9 +7,17 @@ import sys
 import click
 
 from ulffn_deploy.preprocess import FIT_MODES
+from ulffn_deploy.targets.registry import DEFAULT_RULE
 
 
-@click.command(name="verify")
+HELP = f"""Run ARTIFACT and its PyTorch reference on the same images; report output agreement, metrics against
+labels, trtexec-style latency, and pass/fail per precision.
+
+ARTIFACT defaults to the default artifact of ARTIFACTS: {DEFAULT_RULE}. Exit status 1 when a check fails.
+"""
+
+
+@click.command(name="verify", help=HELP)
 @click.argument("artifact", required=False, type=click.Path(dir_okay=False))
 @click.option("--artifacts", "artifacts_dir", default="artifacts", show_default=True, type=click.Path(file_okay=False),
               help="Where quickstart put its outputs; the defaults below are taken from there.")
@@ -37,12 +45,6 @@ def command(artifact: str | None, artifacts_dir: str, reference: str | None, dat
             split: str, num_images: int | None, fit_mode: str | None, batch_size: int, warmup: int | None,
             warmup_ms: float | None, iterations: int | None, duration: float | None,
             tolerance_agreement: float | None, tolerance_label_dice: float | None, json_path: str | None) -> None:
-    """Run ARTIFACT (.engine, .onnx, .ort.onnx) and its PyTorch reference on the same images; report output
-    agreement, metrics against labels, trtexec-style latency, and pass/fail per precision.
-
-    ARTIFACT defaults to the one quickstart built in ARTIFACTS: an engine, else an ONNX Runtime model,
-    else an ONNX file.  Exit status 1 when a check fails.
-    """
     from ulffn_deploy.fileio import write_json_atomic
     from ulffn_deploy.latency import Schedule
     from ulffn_deploy.verify import format_verify_report, verify_artifact

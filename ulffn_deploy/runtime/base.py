@@ -24,7 +24,6 @@ from ulffn_deploy.runtime.metadata import ArtifactMetadata
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
-BACKEND_SUFFIXES = {".pt": "pytorch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
 
 
 class Segmenter:
@@ -45,34 +44,18 @@ class Segmenter:
         self._closed = False
 
     @staticmethod
-    def load(path: str | os.PathLike[str], **options: Any) -> Segmenter:
-        """Open ``.pt`` (PyTorch reference), ``.onnx`` (ONNX Runtime) or ``.engine`` (TensorRT).
+    def load(path: str | os.PathLike[str], backend: str | None = None, **options: Any) -> Segmenter:
+        """Open an artifact with the target its suffix names (``backend`` overrides): ``.pt`` PyTorch,
+        ``.onnx`` ONNX Runtime, ``.engine`` TensorRT, and whatever else the registry holds
+        (``ulffn_deploy.targets.registry``).
 
         ``fit_mode`` ("full" by default, or "paper") applies to every backend; other options go to the
-        backend (ONNX Runtime: ``device`` "cpu"/"cuda", ``threads``, ``optimization``; TensorRT: ``use_cuda_graph``,
-        ``gpu`` index; PyTorch: ``device``).
+        target (ONNX Runtime: ``device`` "cpu"/"cuda", ``threads``, ``optimization``; TensorRT:
+        ``use_cuda_graph``, ``gpu`` index; PyTorch: ``device``).
         """
-        path = Path(path)
-        backend = BACKEND_SUFFIXES.get(path.suffix.lower())
-        if backend is None:
-            raise UlffnError(f"{path}: unknown model type {path.suffix!r}", "use a .pt, .onnx or .engine file")
-        if not path.is_file():
-            raise UlffnError(f"{path}: no such model file")
-        if backend == "pytorch":
-            from ulffn_deploy.runtime.torch_backend import TorchSegmenter
+        from ulffn_deploy.targets.registry import load
 
-            return TorchSegmenter(path, **options)
-        if backend == "onnxruntime":
-            from ulffn_deploy.runtime.ort_backend import OrtSegmenter
-
-            return OrtSegmenter(path, **options)
-        from ulffn_deploy.runtime.devices import require_tensorrt
-
-        require_tensorrt(f"run the TensorRT engine {path.name}", "run the .onnx model with ONNX Runtime instead, "
-                         "or install 'ulffn-deploy[tensorrt]' on a machine with an NVIDIA GPU")
-        from ulffn_deploy.runtime.trt_backend import TrtSegmenter
-
-        return TrtSegmenter(path, **options)
+        return load(path, backend, **options)
 
     @property
     def input_size(self) -> int:

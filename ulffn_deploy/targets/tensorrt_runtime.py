@@ -20,7 +20,7 @@ import numpy as np
 import tensorrt as trt
 
 from ulffn_deploy.errors import UlffnError
-from ulffn_deploy.runtime import cuda_utils as cu
+from ulffn_deploy.targets import cuda as cu
 from ulffn_deploy.runtime.base import Segmenter
 from ulffn_deploy.runtime.metadata import ArtifactMetadata, engine_compatibility_problem, read_sidecar
 

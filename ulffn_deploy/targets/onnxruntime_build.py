@@ -27,9 +27,9 @@ from ulffn_deploy import __version__
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import atomic_path, sha256_file, write_json_atomic
 from ulffn_deploy.onnx_meta import decode
-from ulffn_deploy.runtime.devices import cpu_name
+from ulffn_deploy.devices import cpu_name
 from ulffn_deploy.runtime.metadata import SIDECAR_FORMAT, SIDECAR_VERSION, ArtifactMetadata, sidecar_path
-from ulffn_deploy.runtime.ort_backend import OPTIMIZATION_LEVELS, create_session
+from ulffn_deploy.targets.onnxruntime import OPTIMIZATION_LEVELS, create_session
 
 ORT_LEVELS = ("basic", "extended")
 CHECK_TOLERANCE = 1e-4  # max |probability difference| between the saved model and the source session
@@ -71,13 +71,6 @@ def describe_onnx(path: str | os.PathLike[str], precision: str | None = None) ->
     return OnnxSource(path, inputs[0].name, shape, outputs[0].name, metadata, sha256_file(path))
 
 
-def default_output(onnx_path: str | os.PathLike[str], backend: str) -> Path:
-    """``model.fp16.onnx`` -> ``model.fp16.engine`` (tensorrt) or ``model.fp16.ort.onnx`` (onnxruntime)."""
-    onnx_path = Path(onnx_path)
-    stem = onnx_path.name.removesuffix(".onnx")
-    return onnx_path.with_name(stem + (".engine" if backend == "tensorrt" else ".ort.onnx"))
-
-
 def sidecar_common(source: OnnxSource, backend: str, seconds: float, command: Sequence[str]) -> dict[str, Any]:
     """Sidecar fields every backend writes: the source's metadata and hash, and how the artifact was built."""
     return {
@@ -102,7 +95,7 @@ def build_ort_model(onnx_path: str | os.PathLike[str], output: str | os.PathLike
     if optimization not in ORT_LEVELS:
         raise UlffnError(f"unknown ONNX Runtime optimisation level {optimization!r}", f"use one of {', '.join(ORT_LEVELS)}")
     source = describe_onnx(onnx_path, precision)
-    output = Path(output) if output else default_output(source.path, "onnxruntime")
+    output = Path(output) if output else source.path.with_name(source.path.name.removesuffix(".onnx") + ".ort.onnx")
     if output.resolve() == source.path.resolve():
         raise UlffnError(f"output {output} would overwrite the source model", "choose another -o")
     command = command or ["ulffn-deploy", "build-engine", "--backend", "onnxruntime", "--onnx", str(onnx_path),

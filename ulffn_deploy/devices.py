@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import shutil
 from types import ModuleType
@@ -51,13 +52,13 @@ def tensorrt_problem() -> str | None:
 def gpu_problem() -> str | None:
     """Why no NVIDIA GPU can be used through cuda-python, or None."""
     try:
-        from ulffn_deploy.runtime import cuda_utils
+        from ulffn_deploy.targets import cuda
     except ImportError as exc:
         if shutil.which("nvidia-smi") is None:
             return "no NVIDIA GPU found (no nvidia-smi, and cuda-python is not installed)"
         return f"cuda-python (cuda.bindings) is not importable ({exc})"
     try:
-        cuda_utils.device_count()
+        cuda.device_count()
     except UlffnError as exc:
         return f"no NVIDIA GPU usable ({exc.message})"
     return None
@@ -76,3 +77,13 @@ def require_tensorrt(purpose: str, hint: str = TENSORRT_HINT) -> ModuleType:
     if reason or trt is None:
         raise UlffnError(f"cannot {purpose}: {reason}", hint)
     return trt
+
+
+def machine_key() -> str:
+    """What a latency measurement depends on: the CPU model and core count, and the GPU when one is usable."""
+    gpu = ""
+    if gpu_problem() is None:
+        from ulffn_deploy.targets import cuda
+
+        gpu = " / " + str(cuda.device_properties(0)["name"])
+    return f"{cpu_name()} x{os.cpu_count()}{gpu}"

@@ -11,16 +11,17 @@ import numpy as np
 from ulffn_deploy.deps import require
 from ulffn_deploy.runtime.base import Segmenter
 from ulffn_deploy.runtime.metadata import ArtifactMetadata
+from ulffn_deploy.targets.registry import Target
 
 
 class TorchSegmenter(Segmenter):
-    """A ULFFN checkpoint (``best.pt``) loaded with ``ulffn_deploy.train.checkpoint.load_model``."""
+    """A ULFFN checkpoint (``best.pt``) loaded with ``ulffn_deploy.checkpoint.load_model``."""
 
     backend = "pytorch"
 
     def __init__(self, path: Path, fit_mode: str = "full", device: str = "cpu") -> None:
         self._torch = require("torch")
-        from ulffn_deploy.train.checkpoint import load_model
+        from ulffn_deploy.checkpoint import load_model
 
         model, info = load_model(path)
         config = info.get("model_config") or model.config
@@ -46,3 +47,24 @@ class TorchSegmenter(Segmenter):
     def _backend_info(self) -> dict[str, Any]:
         return {"torch_version": str(self._torch.__version__), "device": str(self.device),
                 "epoch": self.checkpoint_info.get("epoch")}
+
+
+class PyTorchTarget(Target):
+    """The reference: a training checkpoint (``best.pt``) in PyTorch eager mode."""
+
+    name = "pytorch"
+    title = "PyTorch"
+    suffixes = (".pt",)
+    rank = 0
+    install_hint = "pip install 'ulffn-deploy[train]'"
+
+    def unavailable_reason(self) -> str | None:
+        import importlib.util
+
+        return None if importlib.util.find_spec("torch") else "torch is not installed"
+
+    def load(self, path: Path, **options: Any) -> Segmenter:
+        return TorchSegmenter(path, **options)
+
+
+TARGET = PyTorchTarget()

@@ -11,77 +11,97 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ulffn_deploy.config import OUTPUT_STRIDE
+from ulffn_deploy.devices import require_tensorrt, tensorrt_unavailable_reason
 from ulffn_deploy.errors import UlffnError
-from ulffn_deploy.export.ort_build import OnnxSource, build_ort_model, default_output, describe_onnx, sidecar_common
 from ulffn_deploy.fileio import atomic_path, write_bytes_atomic, write_json_atomic
-from ulffn_deploy.runtime.devices import require_tensorrt, tensorrt_unavailable_reason
-from ulffn_deploy.runtime.metadata import PRECISIONS, sidecar_path
+from ulffn_deploy.runtime.metadata import sidecar_path
+from ulffn_deploy.targets.onnxruntime_build import OnnxSource, describe_onnx, sidecar_common
+from ulffn_deploy.targets.registry import BuildOption, Target
 
-BACKENDS = ("tensorrt", "onnxruntime")
-HARDWARE_COMPATIBILITY = ("none", "ampere-plus")
+if TYPE_CHECKING:
+    from ulffn_deploy.runtime.base import Segmenter
+
 NO_TENSORRT_HINT = ("build the CPU artifact with --backend onnxruntime, or install 'ulffn-deploy[tensorrt]' "
                     "on a machine with an NVIDIA GPU")
+HARDWARE_COMPATIBILITY = ("none", "ampere-plus")
+
+BUILD_OPTIONS = (
+    BuildOption("min_batch", int, 1, "Smallest batch of the engine's profile.", minimum=1),
+    BuildOption("opt_batch", int, 1, "Batch TensorRT optimises for.", minimum=1),
+    BuildOption("max_batch", int, 8, "Largest batch (the runtime splits larger ones).", minimum=1),
+    BuildOption("min_hw", int, None, "Smallest square input size, for ONNX exported with dynamic H/W.", minimum=OUTPUT_STRIDE),
+    BuildOption("opt_hw", int, None, "Input size TensorRT optimises for (dynamic H/W only).", minimum=OUTPUT_STRIDE),
+    BuildOption("max_hw", int, None, "Largest input size (dynamic H/W only).", minimum=OUTPUT_STRIDE),
+    BuildOption("workspace", int, None, "Builder workspace limit in MiB.", minimum=1),
+    BuildOption("timing_cache", str, None, "Tactic timing cache file, read if present and updated after the build."),
+    BuildOption("builder_optimization_level", int, None, "TensorRT builder optimisation level (default 3; higher builds "
+                "longer).", minimum=0, maximum=5),
+    BuildOption("version_compatible", bool, False, "Build an engine later TensorRT versions of the same major, and the "
+                "lean runtime, can run."),
+    BuildOption("hardware_compatibility", str, "none", "ampere-plus: one engine for every GPU from Ampere on (may run "
+                "slower).", choices=HARDWARE_COMPATIBILITY),
+)
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    """TensorRT build settings: the input profile (batch and, for dynamic-size ONNX, square H/W) and builder knobs."""
+class TensorRTTarget(Target):
+    """TensorRT engines (``.engine``/``.plan`` plus a JSON sidecar) on an NVIDIA GPU."""
 
-    min_batch: int = 1
-    opt_batch: int = 1
-    max_batch: int = 8
-    min_hw: int | None = None
-    opt_hw: int | None = None
-    max_hw: int | None = None
-    workspace_mib: int | None = None
-    timing_cache: str | None = None
-    builder_optimization_level: int | None = None
-    version_compatible: bool = False
-    hardware_compatibility: str = "none"
+    name = "tensorrt"
+    title = "TensorRT"
+    suffixes = (".engine", ".plan")
+    build_suffix = ".engine"
+    build_options = BUILD_OPTIONS
+    default_build_precision = "fp16"
+    rank = 30
+    preferred_precisions = ("fp16", "int8", "fp32")
+    install_hint = NO_TENSORRT_HINT
 
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise UlffnError(f"batch profile {self.min_batch}/{self.opt_batch}/{self.max_batch} is not "
-                             "1 <= min <= opt <= max", "e.g. --min-batch 1 --opt-batch 1 --max-batch 8")
-        if self.hardware_compatibility not in HARDWARE_COMPATIBILITY:
-            raise UlffnError(f"unknown hardware compatibility {self.hardware_compatibility!r}",
-                             f"use one of {', '.join(HARDWARE_COMPATIBILITY)}")
-        if self.workspace_mib is not None and self.workspace_mib < 1:
-            raise UlffnError(f"workspace of {self.workspace_mib} MiB is not positive")
-        if self.builder_optimization_level is not None and not 0 <= self.builder_optimization_level <= 5:
-            raise UlffnError(f"builder optimization level {self.builder_optimization_level} is not in 0-5")
+    def unavailable_reason(self) -> str | None:
+        return tensorrt_unavailable_reason()
 
-    def command_args(self) -> list[str]:
-        """These options as build-engine command-line arguments."""
-        args = ["--min-batch", str(self.min_batch), "--opt-batch", str(self.opt_batch), "--max-batch", str(self.max_batch)]
-        for flag, value in (("--min-hw", self.min_hw), ("--opt-hw", self.opt_hw), ("--max-hw", self.max_hw),
-                            ("--workspace", self.workspace_mib), ("--timing-cache", self.timing_cache),
-                            ("--builder-optimization-level", self.builder_optimization_level)):
-            if value is not None:
-                args += [flag, str(value)]
-        if self.version_compatible:
-            args.append("--version-compatible")
-        if self.hardware_compatibility != "none":
-            args += ["--hardware-compatibility", self.hardware_compatibility]
-        return args
+    def artifact_problem(self, path: Path) -> str | None:
+        """What the sidecar says against this GPU and TensorRT version, checked without deserializing."""
+        from ulffn_deploy.devices import import_tensorrt
+        from ulffn_deploy.runtime.metadata import engine_compatibility_problem, read_sidecar
+        from ulffn_deploy.targets.cuda import device_properties
+
+        try:
+            sidecar = read_sidecar(path)
+        except UlffnError as exc:
+            return exc.message
+        trt = import_tensorrt()
+        return engine_compatibility_problem(sidecar, device_properties(0), str(getattr(trt, "__version__", "?")))
+
+    def load(self, path: Path, **options: Any) -> Segmenter:
+        from ulffn_deploy.targets.tensorrt_runtime import TrtSegmenter
+
+        return TrtSegmenter(path, **options)
+
+    def build(self, source_onnx: Path, output: Path | None, options: Mapping[str, Any], command: Sequence[str]) -> Path:
+        return build_tensorrt_engine(source_onnx, output, options, command=command)
 
 
-def make_profile(source: OnnxSource, options: EngineOptions) -> dict[str, list[int]]:
+TARGET = TensorRTTarget()
+
+
+def make_profile(source: OnnxSource, options: Mapping[str, Any]) -> dict[str, list[int]]:
     """min/opt/max input shapes: the batch range, and H/W from the ONNX (static) or the options (dynamic)."""
     batch, _, height, width = source.input_shape
-    batches = (options.min_batch, options.opt_batch, options.max_batch)
+    batches = (options["min_batch"], options["opt_batch"], options["max_batch"])
+    if not 1 <= batches[0] <= batches[1] <= batches[2]:
+        raise UlffnError(f"batch profile {batches[0]}/{batches[1]}/{batches[2]} is not 1 <= min <= opt <= max",
+                         "e.g. --min-batch 1 --opt-batch 1 --max-batch 8")
     if batch is not None:
         if batches != (batch, batch, batch) and batches != (1, 1, 8):
             raise UlffnError(f"{source.path.name} has a fixed batch of {batch}", "export it with a dynamic batch")
         batches = (batch, batch, batch)
-    requested = (options.min_hw, options.opt_hw, options.max_hw)
+    requested = (options["min_hw"], options["opt_hw"], options["max_hw"])
     if height is not None and width is not None:
         if any(hw is not None and hw != height for hw in requested) or height != width:
             raise UlffnError(f"{source.path.name} has a fixed input size of {height}x{width}; --min/opt/max-hw "
@@ -96,30 +116,31 @@ def make_profile(source: OnnxSource, options: EngineOptions) -> dict[str, list[i
 
 
 def build_tensorrt_engine(onnx_path: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
-                          options: EngineOptions = EngineOptions(), precision: str | None = None,
+                          options: Mapping[str, Any] | None = None, precision: str | None = None,
                           command: Sequence[str] | None = None) -> Path:
     """Build ``onnx_path`` into a TensorRT plan plus sidecar, both written atomically; returns the plan's path."""
     trt = require_tensorrt("build a TensorRT engine", NO_TENSORRT_HINT)
     from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network
 
-    from ulffn_deploy.runtime.cuda_utils import device_properties
+    from ulffn_deploy.targets.cuda import device_properties
 
     source = describe_onnx(onnx_path, precision)
-    output = Path(output) if output else default_output(source.path, "tensorrt")
+    options = TARGET.resolve_options(options or {})
+    output = Path(output) if output else TARGET.default_output(source.path)
     command = command or ["ulffn-deploy", "build-engine", "--backend", "tensorrt", "--onnx", str(onnx_path),
-                          "-o", str(output), *options.command_args()]
+                          "-o", str(output), *TARGET.option_args(options)]
     profile = make_profile(source, options)
     network = _parse_onnx(trt, source.path)
-    cache_path = Path(options.timing_cache) if options.timing_cache else None
+    cache_path = Path(options["timing_cache"]) if options["timing_cache"] else None
     start = time.perf_counter()
     with _timing_cache_files(cache_path) as (load_cache, save_cache):
         config = CreateConfig(
             profiles=[Profile().add(source.input_name, profile["min"], profile["opt"], profile["max"])],
-            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: options.workspace_mib << 20} if options.workspace_mib else None,
-            builder_optimization_level=options.builder_optimization_level,
-            version_compatible=options.version_compatible or None,
+            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: options["workspace"] << 20} if options["workspace"] else None,
+            builder_optimization_level=options["builder_optimization_level"],
+            version_compatible=options["version_compatible"] or None,
             hardware_compatibility_level=(trt.HardwareCompatibilityLevel.AMPERE_PLUS
-                                          if options.hardware_compatibility == "ampere-plus" else None),
+                                          if options["hardware_compatibility"] == "ampere-plus" else None),
             load_timing_cache=load_cache,
         )
         plan = bytes(_polygraphy_call(lambda: engine_bytes_from_network(network, config, save_timing_cache=save_cache)))
@@ -130,7 +151,7 @@ def build_tensorrt_engine(onnx_path: str | os.PathLike[str], output: str | os.Pa
     return output
 
 
-def _engine_sidecar(trt: Any, source: OnnxSource, profile: dict[str, list[int]], options: EngineOptions, plan: bytes,
+def _engine_sidecar(trt: Any, source: OnnxSource, profile: dict[str, list[int]], options: Mapping[str, Any], plan: bytes,
                     seconds: float, command: Sequence[str], gpu: dict[str, Any]) -> dict[str, Any]:
     import hashlib
 
@@ -142,7 +163,7 @@ def _engine_sidecar(trt: Any, source: OnnxSource, profile: dict[str, list[int]],
         "polygraphy_version": str(polygraphy.__version__),
         "gpu": {key: gpu[key] for key in ("name", "compute_capability", "total_memory_mib")},
         "profile": {source.input_name: profile},
-        "build_flags": {**asdict(options), "strongly_typed": True},
+        "build_flags": {**options, "strongly_typed": True},
         "engine_sha256": hashlib.sha256(plan).hexdigest(),
     })
     return sidecar
@@ -201,36 +222,3 @@ def _timing_cache_files(path: Path | None) -> Iterator[tuple[IO[bytes] | None, I
         tmp = stack.enter_context(atomic_path(path))
         new = stack.enter_context(open(tmp, "w+b"))
         yield old, new
-
-
-def build_artifact(onnx_path: str | os.PathLike[str], backend: str, output: str | os.PathLike[str] | None = None,
-                   options: EngineOptions = EngineOptions(), precision: str | None = None,
-                   ort_optimization: str = "extended", command: Sequence[str] | None = None) -> Path:
-    """Build the deployment artifact of ``backend`` ("tensorrt" or "onnxruntime") from an exported ONNX file."""
-    if backend == "tensorrt":
-        return build_tensorrt_engine(onnx_path, output, options, precision, command)
-    if backend == "onnxruntime":
-        return build_ort_model(onnx_path, output, ort_optimization, precision, command)
-    raise UlffnError(f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
-
-
-def default_onnx(artifacts_dir: str | os.PathLike[str], precision: str) -> Path:
-    """``artifacts/model.<precision>.onnx``, with a hint on how to make it when it is missing."""
-    if precision not in PRECISIONS:
-        raise UlffnError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
-    path = Path(artifacts_dir) / f"model.{precision}.onnx"
-    if not path.is_file():
-        make = "ulffn-deploy calibrate" if precision == "int8" else "ulffn-deploy export"
-        raise UlffnError(f"{path} does not exist", f"make it with '{make}', or pass --onnx PATH")
-    return path
-
-
-def best_backend() -> str:
-    """"tensorrt" where TensorRT and an NVIDIA GPU are usable, else "onnxruntime"."""
-    return "tensorrt" if tensorrt_unavailable_reason() is None else "onnxruntime"
-
-
-def build_best_backend(artifacts_dir: str | os.PathLike[str] = "artifacts", precision: str = "fp16",
-                       options: EngineOptions = EngineOptions()) -> Path:
-    """Build ``artifacts/model.<precision>.onnx`` with TensorRT when possible, else for ONNX Runtime's CPU provider."""
-    return build_artifact(default_onnx(artifacts_dir, precision), best_backend(), options=options, precision=precision)

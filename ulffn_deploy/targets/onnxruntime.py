@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.onnx_meta import decode
 from ulffn_deploy.runtime.base import Segmenter
 from ulffn_deploy.runtime.metadata import ArtifactMetadata, read_sidecar, sidecar_path
+from ulffn_deploy.targets.registry import BuildOption, Target
 
 DEVICES = ("cpu", "cuda")
 OPTIMIZATION_LEVELS = {
@@ -107,3 +109,32 @@ class OrtSegmenter(Segmenter):
             "graph_optimization": self.optimization,
             "offline_optimized": self.build_info is not None,
         }
+
+
+class OnnxRuntimeTarget(Target):
+    """ONNX files in ONNX Runtime: exported ``model.<precision>.onnx`` as they are, or offline-optimised
+    ``model.<precision>.ort.onnx`` (with a sidecar) built for its CPU provider."""
+
+    name = "onnxruntime"
+    title = "ONNX Runtime"
+    suffixes = (".onnx", ".ort.onnx")
+    build_suffix = ".ort.onnx"
+    build_options = (
+        BuildOption("ort_optimization", str, "extended", "ONNX Runtime graph optimisation level saved in the model.",
+                    choices=("basic", "extended")),
+    )
+    default_build_precision = "fp32"
+    rank = 10
+    # measured on CPUs (benchmarks/results): FP32 is ONNX Runtime's fastest path for this graph
+    preferred_precisions = ("fp32", "fp16", "int8")
+
+    def load(self, path: Path, **options: Any) -> Segmenter:
+        return OrtSegmenter(path, **options)
+
+    def build(self, source_onnx: Path, output: Path | None, options: Mapping[str, Any], command: Sequence[str]) -> Path:
+        from ulffn_deploy.targets.onnxruntime_build import build_ort_model
+
+        return build_ort_model(source_onnx, output, options["ort_optimization"], command=command)
+
+
+TARGET = OnnxRuntimeTarget()
