@@ -33,9 +33,10 @@ from ulffn_deploy.config import ModelConfig, Normalization
 from ulffn_deploy.export.fp16 import convert_to_fp16
 from ulffn_deploy.export.graph import slim
 from ulffn_deploy.export.onnx_export import WithSoftmax, fp32_scopes, torch_to_onnx
-from ulffn_deploy.export.parity import parity_batch, parity_images
 from ulffn_deploy.fileio import write_json_atomic, write_text_atomic
+from ulffn_deploy.harness import synthetic_images
 from ulffn_deploy.model import build_model
+from ulffn_deploy.preprocess import Preprocessing
 from ulffn_deploy.targets.onnxruntime import create_session
 
 # name -> (base width, input size, timed iterations); 512 at width 64 is ~1.2 TFLOPs per image
@@ -93,7 +94,7 @@ def quantize_int8(fp32: Path, out: Path, batch: np.ndarray) -> str | None:
 def bench_config(name: str, width: int, size: int, iterations: int, threads: int, folder: Path) -> dict[str, Any]:
     torch.manual_seed(0)
     model = build_model(ModelConfig("w-ac", width)).eval()
-    batch = parity_batch(parity_images(1, size), size, "full", Normalization())
+    batch = synthetic_images(1, size).input_batch(1, Preprocessing(size, "full", Normalization()))
     paths = {p: folder / f"{name}.{p}.onnx" for p in ("fp32", "fp16", "int8")}
     fp32 = slim(torch_to_onnx(model, size))
     onnx.save(fp32, str(paths["fp32"]))

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 import time
 from collections.abc import Iterable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from ulffn_deploy.contract import KeepFp32, rules_from_json
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
-from ulffn_deploy.fileio import write_bytes_atomic, write_json_atomic
-from ulffn_deploy.onnx_meta import set_metadata
+from ulffn_deploy.fileio import atomic_path, check_writable_file, output_errors, write_json_atomic
+from ulffn_deploy.runtime.metadata import ArtifactMetadata, set_metadata
 
 from .quantize import (
     Log,
@@ -73,24 +77,29 @@ def calibrate(
     output = Path(output) if output is not None else default_output(source.path)
     if output.resolve() == source.path.resolve():
         raise UlffnError(f"{output}: the output would overwrite the FP32 model", "choose another -o path")
+    check_writable_file(output)  # before the long run, not after it
     found = find_images(data, split)
     images = found.subset(evenly_spaced(len(found), num_images))
-    excluded = plan_exclusions(fp32.graph, exclude)
+    excluded = plan_exclusions(fp32.graph, exclude, keep_rules(source.metadata))
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ulffn-calib-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ulffn-calib-") as tmp, ExitStack() as commit:
+        staged = _stage(commit, output)
         prepared = prepare_model(source.path, tmp)
-        ranges, status = _ranges(prepared, source, images, method, ranges_path(output), log)
+        ranges, status = _ranges(prepared, source, images, method, ranges_path(output), log, staged["ranges"])
         int8 = quantize_with_ranges(prepared, ranges, method, excluded)
         _finish(int8, fp32, source.metadata)
-        write_bytes_atomic(output, int8.SerializeToString())
+        int8_bytes = int8.SerializeToString()
+        with output_errors(output):
+            staged["model"].write_bytes(int8_bytes)
         seconds = time.perf_counter() - started
         held_out = held_out_images(data, split, images, num_eval) if num_eval else ImageSet((), (), "--num-eval 0")
         report = {
             "fp32_model": str(source.path), "int8_model": str(output), "opset": _opset(int8),
+            "int8_sha256": hashlib.sha256(int8_bytes).hexdigest(),
             "calibration": {"method": method, "images": len(images), "source": images.source, "ranges": status,
                             "ranges_file": str(ranges_path(output)), "seconds": round(seconds, 2)},
             "graph": graph_summary(int8, excluded),
-            "accuracy": compare_outputs(source.path, output, held_out, source.preprocessing, source.input_name),
+            "accuracy": compare_outputs(source.path, int8_bytes, held_out),
         }
         rows = []
         if sensitivity:
@@ -99,32 +108,55 @@ def calibrate(
             rows = layer_sensitivity(prepared, ranges, method, candidate_nodes(prepared, excluded), probe,
                                      source.preprocessing, source.input_name)
             report["sensitivity"] = rows
-    write_json_atomic(report_path(output), report)
+        write_json_atomic(staged["report"], report)
     log(format_report(report))
     if rows:
         log(format_sensitivity(rows))
     return report
 
 
-def _ranges(prepared: Path, source: SourceModel, images: ImageSet, method: str, path: Path, log: Log
-            ) -> tuple[Ranges, str]:
-    """The stored ranges when their fingerprint matches, else freshly computed (and stored) ones."""
+def _stage(commit: ExitStack, output: Path) -> dict[str, Path]:
+    """Temporary files beside the report, the model and the ranges file; ``commit`` renames them onto their
+    names together (ranges, model, then report), only once every check has passed."""
+    return {"report": commit.enter_context(atomic_path(report_path(output))),
+            "model": commit.enter_context(atomic_path(output)),
+            "ranges": commit.enter_context(atomic_path(ranges_path(output)))}
+
+
+def _ranges(prepared: Path, source: SourceModel, images: ImageSet, method: str, path: Path, log: Log,
+            save_to: Path) -> tuple[Ranges, str]:
+    """The ranges stored at ``path`` when their fingerprint matches, else freshly computed ones; either way
+    written to ``save_to`` (the ranges file's staged copy)."""
     expected = fingerprint(source, images.images, method)
     ranges, status = load_ranges(path, expected)
     if ranges is not None:
+        save_ranges(save_to, expected, ranges)
         return ranges, status
     log(f"calibrating ({method}) on {len(images)} images from {images.source} ({status})")
     ranges = compute_ranges(prepared, images.images, source.preprocessing, source.input_name, method,
-                            source.metadata["model_config"].width, log)
-    save_ranges(path, expected, ranges)
+                            _width(source.metadata), log)
+    save_ranges(save_to, expected, ranges)
     return ranges, f"ranges computed, saved to {path.name}"
 
 
-def _finish(int8: Any, fp32: Any, metadata: dict[str, Any]) -> None:
+def keep_rules(metadata: ArtifactMetadata) -> tuple[KeepFp32, ...] | None:
+    """The FP32-keep rules an imported model records in its metadata (None: ULFFN's own)."""
+    recorded = metadata.extra.get("keep_fp32")
+    if recorded is None:
+        return None
+    return rules_from_json(json.loads(recorded) if isinstance(recorded, str) else recorded, "ulffn.keep_fp32")
+
+
+def _width(metadata: ArtifactMetadata) -> int:
+    """The network width that sizes calibration chunks; 64 (ULFFN's widest) for a model that is not ULFFN."""
+    return metadata.model_config.width if metadata.model_config else 64
+
+
+def _finish(int8: Any, fp32: Any, metadata: ArtifactMetadata) -> None:
     """The FP32 model's metadata_props with precision int8 (not ONNX Runtime's own markers); same opset."""
     del int8.metadata_props[:]
     int8.metadata_props.extend(fp32.metadata_props)
-    set_metadata(int8, {**metadata, "precision": "int8"})
+    set_metadata(int8, metadata.with_precision("int8"))
     if _opset(int8) != _opset(fp32):
         raise UlffnError(f"quantization changed the opset from {_opset(fp32)} to {_opset(int8)}",
                          "report this: TensorRT's parser needs the exported opset")

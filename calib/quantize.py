@@ -22,12 +22,12 @@ import difflib
 import inspect
 import io
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ulffn_deploy.contract import ULFFN_KEEP_FP32, KeepFp32, keep_fp32_nodes
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
 
@@ -169,31 +169,16 @@ def keep_float_consumers_float(graph: onnx.GraphProto) -> None:
                 node.input[index] = q.input[0]
 
 
-def _scope(name: str) -> list[str]:
-    return [part for part in re.split(r"[/.:]", name.lower()) if part]
+def default_exclusions(graph: onnx.GraphProto, rules: Sequence[KeepFp32] | None = None) -> dict[str, str]:
+    """Nodes kept in FP32, with the reason, by the ``rules`` (an imported model's contract) or ULFFN's:
+    the input unit, the head, the softmax and the whole CAM."""
+    return keep_fp32_nodes(graph, ULFFN_KEEP_FP32 if rules is None else rules, "int8")
 
 
-def default_exclusions(graph: onnx.GraphProto) -> dict[str, str]:
-    """Nodes kept in FP32, with the reason: the input unit, the head, the softmax and the whole CAM."""
-    inputs = {value.name for value in graph.input}
-    producers = {output: node for node in graph.node for output in node.output}
-    excluded: dict[str, str] = {}
-    for node in graph.node:
-        if "cam" in _scope(node.name):
-            excluded[node.name] = "CAM: mean/variance statistics and attention weights stay FP32 (ULFFN.md)"
-        elif node.op_type == "Conv" and node.input[0] in inputs:
-            excluded[node.name] = "input unit: first convolution, on the normalised image"
-        elif node.op_type == "Softmax":
-            excluded[node.name] = "softmax: the output probabilities"
-            head = producers.get(node.input[0])
-            if head is not None and head.op_type == "Conv":
-                excluded[head.name] = "head: final 1x1 convolution to the 2 class logits"
-    return excluded
-
-
-def plan_exclusions(graph: onnx.GraphProto, user: Iterable[str] = ()) -> dict[str, str]:
+def plan_exclusions(graph: onnx.GraphProto, user: Iterable[str] = (),
+                    rules: Sequence[KeepFp32] | None = None) -> dict[str, str]:
     """``default_exclusions`` plus the nodes a user named (each must exist in the graph)."""
-    excluded = default_exclusions(graph)
+    excluded = default_exclusions(graph, rules)
     names = [node.name for node in graph.node]
     for name in user:
         if name not in names:

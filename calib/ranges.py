@@ -8,6 +8,7 @@ size and sha256. A recalibration with the same fingerprint reuses the ranges and
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,6 +60,8 @@ def load_ranges(path: Path, expected: dict[str, Any]) -> tuple[Ranges | None, st
         return None, f"{path.name} has another format"
     if changed:
         return None, f"stored ranges are for another {', '.join(changed)}"
+    if not all(math.isfinite(low) and math.isfinite(high) and low <= high for low, high in ranges.values()):
+        return None, f"{path.name} holds ranges that are not finite (low <= high)"
     return ranges, f"ranges reused from {path.name}"
 
 

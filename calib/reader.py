@@ -1,27 +1,24 @@
-"""Calibration and held-out images: found in an ISIC folder (or a plain folder of images), read through
-exactly the inference preprocessing, and fed to ONNX Runtime's calibrators in batches."""
+"""Calibration and held-out images: found by the evaluation harness in an ISIC folder (or a plain folder of
+images), read through exactly the inference preprocessing, and fed to ONNX Runtime's calibrators in batches."""
 
 from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ulffn_deploy.data import SPLITS, YEARS, IsicSegmentation
+from ulffn_deploy import harness
+from ulffn_deploy.data import SPLITS
 from ulffn_deploy.errors import UlffnError
-from ulffn_deploy.imageio import image_files, read_mask, read_rgb
-from ulffn_deploy.preprocess import fit_mask, placement_for, preprocess
+from ulffn_deploy.harness import ImageSource
+from ulffn_deploy.imageio import read_rgb
+from ulffn_deploy.preprocess import preprocess
 
 from .source import Preprocessing
-
-# Files in an image folder that are not dermoscopy images (ISIC masks and 2017 superpixel maps).
-_NOT_IMAGES = re.compile(r"_(segmentation|superpixels)$", re.IGNORECASE)
-_DATA_HINT = "give an ISIC folder ('ulffn-deploy synth DIR' makes one) or a folder of .jpg/.png images"
 
 
 @dataclass(frozen=True)
@@ -51,45 +48,28 @@ def evenly_spaced(count: int, wanted: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, count - 1, wanted).round()})
 
 
-def _isic_set(root: Path, split: str, masks: bool) -> ImageSet | None:
-    for year in YEARS:
-        try:
-            found = IsicSegmentation(root, year, split, masks=masks)
-        except UlffnError:
-            continue
-        return ImageSet(tuple(s.image_path for s in found), tuple(s.mask_path for s in found),
-                        f"ISIC {year} {split} ({found.image_dir})")
-    return None
-
-
-def _plain_folder(root: Path) -> ImageSet:
-    images = tuple(p for p in image_files(root) if not _NOT_IMAGES.search(p.stem))
-    return ImageSet(images, (None,) * len(images), f"image folder {root}")
+def _as_set(source: ImageSource) -> ImageSet:
+    return ImageSet(tuple(item.image_path for item in source.items if item.image_path is not None),
+                    tuple(item.mask_path for item in source.items), source.description)
 
 
 def find_images(root: str | os.PathLike[str], split: str = "train") -> ImageSet:
-    """The ``split`` images of the ISIC folder ``root`` (2016, else 2017), or else every image in ``root``."""
-    root = Path(root)
+    """The ``split`` images of the ISIC folder ``root`` (2016, else 2017), or else every image in ``root``
+    (the evaluation harness's image finder; labels are not read for calibration)."""
     if split not in SPLITS:
         raise UlffnError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
-    if not root.is_dir():
-        raise UlffnError(f"calibration data folder {root} does not exist", _DATA_HINT)
-    found = _isic_set(root, split, masks=False) or _plain_folder(root)
-    if not len(found):
-        raise UlffnError(f"no images found in {root} (looked for ISIC {split} folders and image files)", _DATA_HINT)
-    return found
+    return _as_set(harness.find_images(root, split, labels=False))
 
 
 def held_out_images(root: str | os.PathLike[str], split: str, used: ImageSet, count: int) -> ImageSet:
-    """Up to ``count`` labelled images not used for calibration: another ISIC split of ``root`` if there is one
-    (test first), else the images of ``used``'s folder that calibration left out (possibly none)."""
+    """Up to ``count`` images not used for calibration, with labels where they exist: another ISIC split of
+    ``root`` if there is one (test first), else the images of ``used``'s folder that calibration left out."""
     root = Path(root)
     for other in ("test", "val", "train"):
-        if other != split:
-            found = _isic_set(root, other, masks=True) or _isic_set(root, other, masks=False)
-            if found is not None:
-                return found.subset(evenly_spaced(len(found), count))
-    everything = _isic_set(root, split, masks=True) or _plain_folder(root)
+        found = harness.isic_source(root, split=other) if other != split else None
+        if found is not None:
+            return _as_set(found).subset(evenly_spaced(len(found), count))
+    everything = _as_set(harness.isic_source(root, split=split) or harness.folder_source(root))
     used_paths = set(used.images)
     left = [i for i, path in enumerate(everything.images) if path not in used_paths]
     chosen = [left[i] for i in evenly_spaced(len(left), count)]
@@ -102,19 +82,6 @@ def load_batch(paths: Sequence[Path], preprocessing: Preprocessing) -> np.ndarra
     batch, _ = preprocess([read_rgb(p) for p in paths], preprocessing.size, preprocessing.fit_mode,
                           preprocessing.normalization)
     return batch
-
-
-def load_labels(masks: Sequence[Path | None], preprocessing: Preprocessing) -> list[np.ndarray | None]:
-    """Each mask brought to the network input as its image is (None where there is no mask)."""
-    labels: list[np.ndarray | None] = []
-    for mask_path in masks:
-        if mask_path is None:
-            labels.append(None)
-            continue
-        mask = read_mask(mask_path)
-        placement = placement_for(mask.shape[0], mask.shape[1], preprocessing.size, preprocessing.fit_mode)
-        labels.append(fit_mask(mask, placement))
-    return labels
 
 
 class ImageBatchReader:

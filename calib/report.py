@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from ulffn_deploy.harness import Check, check, compare, failures, files_source, passed, tolerance_for
 
-from ulffn_deploy.metrics import dice_agreement, image_metrics
-
-from .reader import ImageSet, load_batch, load_labels
-from .source import Preprocessing
+from .reader import ImageSet
 
 if TYPE_CHECKING:
     import onnx
-    import onnxruntime
 
-TARGET_AGREEMENT = 0.98  # mean Dice between the INT8 and FP32 masks
-MAX_DICE_DROP = 0.01  # Dice against labels, FP32 minus INT8
+    from ulffn_deploy.runtime import Segmenter
+
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
@@ -39,54 +37,30 @@ def graph_summary(model: onnx.ModelProto, excluded: Mapping[str, str]) -> dict[s
     }
 
 
-def ort_session(model: str | os.PathLike[str] | bytes) -> onnxruntime.InferenceSession:
-    from ulffn_deploy.targets.onnxruntime import create_session
-
-    return create_session(model)
-
-
-def lesion_masks(probabilities: np.ndarray) -> np.ndarray:
-    """N x 2 x H x W probabilities -> N x H x W bool argmax masks (lesion = class 1)."""
-    return probabilities.argmax(axis=1) == 1
-
-
 def compare_outputs(fp32: str | os.PathLike[str] | bytes, int8: str | os.PathLike[str] | bytes, images: ImageSet,
-                    preprocessing: Preprocessing, input_name: str = "image", batch_size: int = 8) -> dict[str, Any]:
-    """INT8 against FP32 on ``images`` (ONNX Runtime CPU): mask Dice agreement, probability differences, and
-    Dice against labels for both where labels exist. Masks are compared at the network input resolution."""
+                    batch_size: int = 8) -> dict[str, Any]:
+    """INT8 against FP32 on the held-out ``images`` (ONNX Runtime CPU), through the evaluation harness and
+    gated by its INT8 tolerance row. A model is a file (any name) or serialized bytes."""
     if not len(images):
         return {"images": 0, "source": images.source, "targets_met": None,
                 "note": f"accuracy not measured: no held-out images ({images.source})"}
-    sessions = ort_session(fp32), ort_session(int8)
-    labels = load_labels(images.masks, preprocessing)
-    agreement: list[float] = []
-    differences: list[np.ndarray] = []
-    dice: dict[str, list[float]] = {"fp32": [], "int8": []}
-    for start in range(0, len(images), batch_size):
-        batch = load_batch(images.images[start : start + batch_size], preprocessing)
-        p32, p8 = (s.run(None, {input_name: batch})[0] for s in sessions)
-        differences.append(np.abs(p32[:, 1] - p8[:, 1]).reshape(len(batch), -1))
-        for m32, m8, label in zip(lesion_masks(p32), lesion_masks(p8), labels[start : start + batch_size]):
-            agreement.append(dice_agreement(m32, m8))
-            if label is not None:
-                dice["fp32"].append(image_metrics(m32, label)["dice"])
-                dice["int8"].append(image_metrics(m8, label)["dice"])
-    difference = np.concatenate(differences)
-    result: dict[str, Any] = {
-        "images": len(images), "source": images.source,
-        "compared_at": f"network input {preprocessing.size}x{preprocessing.size} (fit mode {preprocessing.fit_mode})",
-        "dice_agreement_mean": float(np.mean(agreement)), "dice_agreement_min": float(np.min(agreement)),
-        "lesion_probability_abs_diff_mean": float(difference.mean()),
-        "lesion_probability_abs_diff_max": float(difference.max()),
-    }
-    if dice["fp32"] and len(dice["fp32"]) == len(images):
-        result.update(dice_fp32=float(np.mean(dice["fp32"])), dice_int8=float(np.mean(dice["int8"])))
-        result["dice_drop"] = result["dice_fp32"] - result["dice_int8"]
-    result["targets"] = {f"dice_agreement_mean >= {TARGET_AGREEMENT}": result["dice_agreement_mean"] >= TARGET_AGREEMENT}
-    if "dice_drop" in result:
-        result["targets"][f"dice_drop <= {MAX_DICE_DROP}"] = result["dice_drop"] <= MAX_DICE_DROP
-    result["targets_met"] = all(result["targets"].values())
-    return result
+    source = files_source(images.images, images.masks, images.source)
+    with tempfile.TemporaryDirectory(prefix="ulffn-calib-check-") as tmp, \
+            _open(fp32, Path(tmp) / "fp32.onnx") as reference, _open(int8, Path(tmp) / "int8.onnx") as candidate:
+        comparison = compare(reference, candidate, source, batch_size)
+    checks = check(comparison, tolerance_for("int8"))
+    return {"images": len(images), "source": images.source, "comparison": comparison.to_dict(),
+            "checks": [c.to_dict() for c in checks], "targets_met": passed(checks)}
+
+
+def _open(model: str | os.PathLike[str] | bytes, spill: Path) -> Segmenter:
+    """An ONNX Runtime Segmenter for a model file, or for serialized bytes written to ``spill``."""
+    from ulffn_deploy.runtime import Segmenter
+
+    if isinstance(model, bytes):
+        spill.write_bytes(model)
+        model = spill
+    return Segmenter.load(model, backend="onnxruntime")
 
 
 def format_report(report: Mapping[str, Any]) -> str:
@@ -104,11 +78,13 @@ def format_report(report: Mapping[str, Any]) -> str:
     if not acc["images"]:
         lines.append(f"accuracy: {acc['note']}")
         return "\n".join(lines)
-    line = (f"accuracy on {acc['images']} held-out images ({acc['source']}): mask Dice INT8 vs FP32 "
-            f"mean {acc['dice_agreement_mean']:.4f}, min {acc['dice_agreement_min']:.4f}")
-    if "dice_drop" in acc:
-        line += f"; Dice vs labels FP32 {acc['dice_fp32']:.4f}, INT8 {acc['dice_int8']:.4f}"
+    c = acc["comparison"]
+    line = (f"accuracy on {acc['images']} held-out images ({acc['source']}, fit {c['fit_mode']}): INT8 vs FP32 "
+            f"mask Dice mean {c['mask_dice']:.4f}, min {c['mask_dice_min']:.4f}; lesion probability error "
+            f"p99 {c['p99_abs_diff']:.2e}, max {c['max_abs_diff']:.2e}")
+    if c["metrics"]:
+        line += f"; Dice vs labels FP32 {c['metrics']['reference']['dice']:.4f}, INT8 {c['metrics']['candidate']['dice']:.4f}"
     lines.append(line)
-    missed = [name for name, ok in acc["targets"].items() if not ok]
-    lines.append("targets met" if not missed else f"targets MISSED: {', '.join(missed)}")
+    checks = [Check(**check) for check in acc["checks"]]
+    lines.append("INT8 tolerances met" if passed(checks) else f"INT8 tolerances MISSED: {'; '.join(failures(checks))}")
     return "\n".join(lines)

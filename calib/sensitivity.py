@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from ulffn_deploy.harness import THRESHOLD
 from ulffn_deploy.metrics import dice_agreement
 
 from .quantize import QUANTIZED_OP_TYPES, quantize_with_ranges
 from .reader import load_batch
-from .report import lesion_masks, ort_session
 from .source import Preprocessing
 
 
@@ -36,14 +36,16 @@ def layer_sensitivity(prepared: Path, ranges: Mapping[str, Sequence[float]], met
                       ) -> list[dict[str, Any]]:
     """For each node in ``candidates``, the model with only that node quantized against FP32 on ``images``:
     mean mask Dice agreement and mean |lesion probability difference|; worst (largest difference) first."""
+    from ulffn_deploy.targets.onnxruntime import create_session
+
     batch = load_batch(images, preprocessing)
-    reference = ort_session(prepared).run(None, {input_name: batch})[0]
-    reference_masks = lesion_masks(reference)
+    reference = create_session(prepared).run(None, {input_name: batch})[0]
+    reference_masks = reference[:, 1] > THRESHOLD
     rows = []
     for name in candidates:
         model = quantize_with_ranges(prepared, ranges, method, excluded=(), nodes_to_quantize=[name])
-        probabilities = ort_session(model.SerializeToString()).run(None, {input_name: batch})[0]
-        agreement = [dice_agreement(a, b) for a, b in zip(reference_masks, lesion_masks(probabilities))]
+        probabilities = create_session(model.SerializeToString()).run(None, {input_name: batch})[0]
+        agreement = [dice_agreement(a, b) for a, b in zip(reference_masks, probabilities[:, 1] > THRESHOLD)]
         rows.append({"node": name, "dice_agreement_mean": float(np.mean(agreement)),
                      "lesion_probability_abs_diff_mean": float(np.abs(probabilities[:, 1] - reference[:, 1]).mean())})
     return sorted(rows, key=lambda row: -row["lesion_probability_abs_diff_mean"])

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ulffn_deploy.config import Normalization
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import sha256_file
-from ulffn_deploy.onnx_meta import decode, load_onnx
+from ulffn_deploy.preprocess import Preprocessing
+from ulffn_deploy.runtime.metadata import ArtifactMetadata, get_metadata, load_onnx
 
 if TYPE_CHECKING:
     import onnx
@@ -20,24 +20,12 @@ EXPORT_HINT = "calibrate the FP32 model written by 'ulffn-deploy export' (model.
 
 
 @dataclass(frozen=True)
-class Preprocessing:
-    """What turns an image into the network input: the same for calibration, evaluation and deployment."""
-
-    size: int
-    fit_mode: str
-    normalization: Normalization
-
-    def to_dict(self) -> dict[str, object]:
-        return {"size": self.size, "fit_mode": self.fit_mode, "normalization": self.normalization.to_dict()}
-
-
-@dataclass(frozen=True)
 class SourceModel:
     """An FP32 ULFFN ONNX file with its ``ulffn.*`` metadata."""
 
     path: Path
     sha256: str
-    metadata: dict[str, Any]  # decoded ulffn.* metadata (ulffn_deploy.onnx_meta)
+    metadata: ArtifactMetadata
     preprocessing: Preprocessing
     input_name: str
     output_name: str
@@ -47,14 +35,14 @@ def load_source_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, So
     """Load an FP32 model written by ``ulffn-deploy export``; anything else is a UlffnError saying so."""
     path = Path(path)
     model = load_onnx(path, EXPORT_HINT)
-    metadata = decode({p.key: p.value for p in model.metadata_props}, source=str(path))
-    precision = metadata["precision"]
+    metadata = get_metadata(model, path)
+    precision = metadata.precision
     if precision != "fp32":
         raise UlffnError(f"{path}: this is the {precision.upper()} model; calibration starts from the FP32 one", EXPORT_HINT)
     inputs = [i.name for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer}]
     if len(inputs) != 1 or len(model.graph.output) != 1:
         raise UlffnError(f"{path}: expected one input and one output, found {inputs} and "
                          f"{[o.name for o in model.graph.output]}", EXPORT_HINT)
-    preprocessing = Preprocessing(metadata["input_size"], metadata["fit_mode"], metadata["normalization"])
+    preprocessing = Preprocessing(metadata.input_size, metadata.fit_mode, metadata.normalization)
     source = SourceModel(path, sha256_file(path), metadata, preprocessing, inputs[0], model.graph.output[0].name)
     return model, source

@@ -1,6 +1,6 @@
 """FP32 ONNX -> FP16 ONNX with the numerically sensitive parts kept in FP32.
 
-Kept in FP32 (ULFFN.md asks for the CAM's statistics to stay exact):
+Kept in FP32 (docs/model.md asks for the CAM's statistics to stay exact):
 - the CAM from its input up to and including its sigmoid: mean pooling, variance pooling as
   mean((x - mean)^2) (squares of activations overflow FP16's 65504 above |x| = 256, and the mean of
   many small squares loses precision), their concatenation, and the two 1x1 convolutions of its
@@ -8,14 +8,17 @@ Kept in FP32 (ULFFN.md asks for the CAM's statistics to stay exact):
 - the final Softmax (probabilities near 0 and 1 decide the mask).
 The CAM's gating, x * weights + x, is full resolution and runs in FP16: its weights lie in (0, 1).
 Graph inputs and outputs stay FP32, with Cast nodes at the boundary.
+
+These rules are data (``ulffn_deploy.contract.KeepFp32``): an imported model's contract gives its own.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from ulffn_deploy.contract import ULFFN_CAM, KeepFp32, keep_fp32_nodes
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.export.graph import producers, remove_unused, scoped_nodes, slim
@@ -28,37 +31,29 @@ FP16_MAX = 65504.0  # weights beyond it are clamped (the converter's default, 1e
 FP16_TINY = 2.0**-24  # smallest FP16 subnormal; the converter lifts non-zero weights below it to it
 
 
-def _ancestors_within(graph: onnx.GraphProto, roots: list[onnx.NodeProto], allowed: set[str]) -> set[str]:
-    made_by = producers(graph)
-    seen: set[str] = set()
-    stack = list(roots)
-    while stack:
-        node = stack.pop()
-        if node.name in seen or node.name not in allowed:
-            continue
-        seen.add(node.name)
-        stack.extend(made_by[i] for i in node.input if i in made_by)
-    return seen
+def scope_rules(scopes: Iterable[str] = DEFAULT_FP32_SCOPES) -> tuple[KeepFp32, ...]:
+    """ULFFN's FP16 rules for CAMs at the module ``scopes``: each up to its Sigmoid; and the Softmax."""
+    cams = tuple(KeepFp32(name=f"/{scope.strip('/')}/*", until="Sigmoid", precisions=("fp16",), reason=ULFFN_CAM)
+                 for scope in scopes)
+    return (*cams, SOFTMAX_RULE)
+
+
+SOFTMAX_RULE = KeepFp32(op="Softmax", reason="softmax: the output probabilities")
 
 
 def cam_fp32_node_names(model: onnx.ModelProto, scopes: Iterable[str] = DEFAULT_FP32_SCOPES) -> list[str]:
     """The CAM nodes kept in FP32: each scope's nodes up to and including its Sigmoid (all if it has none)."""
-    graph = model.graph
-    names: set[str] = set()
-    for scope in scopes:
-        members = scoped_nodes(graph, [scope])
-        sigmoids = [node for node in members if node.op_type == "Sigmoid"]
-        allowed = {node.name for node in members}
-        names |= _ancestors_within(graph, sigmoids, allowed) if sigmoids else allowed
-    return sorted(names)
+    rules = [rule for rule in scope_rules(scopes) if rule.op is None]
+    return sorted(keep_fp32_nodes(model.graph, rules, "fp16"))
 
 
 def _cast_to(node: onnx.NodeProto) -> int:
     return next(int(a.i) for a in node.attribute if a.name == "to")
 
 
-def _softmax_in_fp32(model: onnx.ModelProto) -> None:
-    """Run every Softmax on an FP32 copy of its input; feed a following Cast-to-FP32 directly.
+def _softmax_in_fp32(model: onnx.ModelProto, names: set[str] | None = None) -> None:
+    """Run every Softmax (or the one-input nodes ``names``) on an FP32 copy of its input; feed a following
+    Cast-to-FP32 directly.
 
     Done here rather than through node_block_list: onnxconverter-common 1.16 fails ("The downstream node
     of the second cast node should be graph output") on a blocked node that feeds a graph output
@@ -73,7 +68,7 @@ def _softmax_in_fp32(model: onnx.ModelProto) -> None:
             readers.setdefault(name, []).append(node)
     nodes, dropped = [], set()
     for node in graph.node:
-        if node.op_type != "Softmax":
+        if (node.name not in names) if names is not None else node.op_type != "Softmax":
             nodes.append(node)
             continue
         to_fp32 = helper.make_node("Cast", [node.input[0]], [f"{node.name}/input_fp32"], name=f"{node.name}/CastToFp32",
@@ -149,15 +144,21 @@ def _drop_cast_round_trips(model: onnx.ModelProto) -> None:
     remove_unused(model)
 
 
-def convert_to_fp16(model: onnx.ModelProto, fp32_scopes: Iterable[str] = DEFAULT_FP32_SCOPES) -> onnx.ModelProto:
-    """An FP16 copy of ``model`` (FP32 inputs/outputs) with the CAM statistics and Softmax in FP32."""
+def convert_to_fp16(model: onnx.ModelProto, fp32_scopes: Iterable[str] = DEFAULT_FP32_SCOPES,
+                    keep: Sequence[KeepFp32] | None = None) -> onnx.ModelProto:
+    """An FP16 copy of ``model`` (FP32 inputs/outputs) with the nodes the ``keep`` rules name in FP32
+    (default: ULFFN's, the CAM statistics at ``fp32_scopes`` and the Softmax)."""
     onnx = require("onnx")
     float16 = require("onnxconverter_common.float16")
     scopes = list(fp32_scopes)
-    if scopes and not scoped_nodes(model.graph, scopes):
+    if keep is None and scopes and not scoped_nodes(model.graph, scopes):
         # Do not silently convert a CAM to FP16 because its nodes were renamed.
         raise UlffnError(f"no ONNX nodes found in the FP32 scopes {scopes}", "export with the ULFFN module names")
-    blocked = cam_fp32_node_names(model, scopes)
+    kept = keep_fp32_nodes(model.graph, scope_rules(scopes) if keep is None else keep, "fp16")
+    outputs = {value.name for value in model.graph.output}
+    late = {node.name for node in model.graph.node if node.name in kept and  # made FP32 after conversion, see below
+            (node.op_type == "Softmax" or (len(node.input) == 1 and outputs.intersection(node.output)))}
+    blocked = sorted(set(kept) - late)
     source = onnx.ModelProto()
     source.CopyFrom(model)
     del source.graph.value_info[:]
@@ -167,7 +168,7 @@ def convert_to_fp16(model: onnx.ModelProto, fp32_scopes: Iterable[str] = DEFAULT
         converted = float16.convert_float_to_float16(
             source, keep_io_types=True, node_block_list=blocked, max_finite_val=FP16_MAX, min_positive_val=FP16_TINY)
     _drop_cast_round_trips(converted)
-    _softmax_in_fp32(converted)
+    _softmax_in_fp32(converted, late)
     del converted.graph.value_info[:]  # stale after the rewrites
     converted = slim(converted)
     onnx.checker.check_model(converted, full_check=True)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from ulffn_deploy.deps import require
 from ulffn_deploy.export.graph import constant_tensors, default_opset
-from ulffn_deploy.onnx_meta import load_onnx
+from ulffn_deploy.runtime.metadata import load_onnx
 
 if TYPE_CHECKING:
     import onnx

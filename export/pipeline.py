@@ -1,59 +1,64 @@
 """Checkpoint -> model.fp32.onnx + model.fp16.onnx, linted for TensorRT and checked against PyTorch.
 
-Both files are built in memory, written to temporary names beside their targets, checked there (ONNX
-checker, TensorRT lint, parity in ONNX Runtime on realistic images) and renamed only if every check
-passes: a failed export leaves neither file behind (an older export of the same name stays as it was).
+Both graphs are built in memory. Each precision's file is written to a temporary name beside its target,
+checked there (ONNX checker, TensorRT lint, the harness's comparison with the PyTorch checkpoint in ONNX
+Runtime on realistic images, gated by that precision's row of ``harness.TOLERANCES``) and renamed only if
+its own checks pass: a failing FP16 never costs the FP32 model (an older file of a failed precision stays
+as it was). ``ExportResult.failed`` names the precisions that were not written, and why.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ulffn_deploy import __version__
-from ulffn_deploy.config import ModelConfig, Normalization
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.export.fp16 import convert_to_fp16
 from ulffn_deploy.export.graph import slim
 from ulffn_deploy.export.lint import lint_model, op_summary
 from ulffn_deploy.export.onnx_export import ExportOptions, WithSoftmax, fp32_scopes, torch_to_onnx
-from ulffn_deploy.export.parity import (
-    format_parity_table,
-    parity_batch,
-    parity_images,
-    parity_report,
-    torch_probabilities,
-)
 from ulffn_deploy.fileio import atomic_path, sha256_file
-from ulffn_deploy.onnx_meta import set_metadata
+from ulffn_deploy.harness import (
+    Check,
+    Comparison,
+    ImageSource,
+    check,
+    compare,
+    failures,
+    format_comparisons,
+    image_source,
+    passed,
+    tolerance_for,
+)
+from ulffn_deploy.runtime.metadata import ArtifactMetadata, set_metadata
 
 if TYPE_CHECKING:
     import onnx
 
+    from ulffn_deploy.runtime import Segmenter
+
 FILE_NAMES = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx"}
+PARITY_BATCH = 4  # images per inference call: bounds memory at 512 x 512
 
 
 @dataclass
 class ExportResult:
-    paths: dict[str, Path]  # precision -> written file
-    reports: list[dict[str, Any]]  # parity, one per precision
+    paths: dict[str, Path]  # precision -> written file (those that passed their checks)
+    comparisons: dict[str, Comparison] = field(default_factory=dict)  # precision -> against PyTorch
+    checks: dict[str, list[Check]] = field(default_factory=dict)  # precision -> its tolerance gates
+    failed: dict[str, str] = field(default_factory=dict)  # precision -> why its file was not written
     summaries: dict[str, str] = field(default_factory=dict)  # precision -> lint's "ok: ..." line
 
 
-def metadata_from_checkpoint(info: Mapping[str, Any], checkpoint_sha256: str) -> dict[str, Any]:
-    """The ``ulffn.*`` metadata (precision left to the caller) from a checkpoint's info dict."""
-    return {
-        "model_config": ModelConfig.from_dict(info["model_config"]),
-        "normalization": Normalization.from_dict(info["normalization"]),
-        "input_size": int(info["input_size"]),
-        "fit_mode": str(info["fit_mode"]),
-        "checkpoint_sha256": checkpoint_sha256,
-        "toolkit_version": __version__,
-    }
+def metadata_from_checkpoint(info: Mapping[str, Any], checkpoint: str | os.PathLike[str]) -> ArtifactMetadata:
+    """The ``ulffn.*`` metadata of the FP32 model exported from ``checkpoint`` (its info dict given)."""
+    metadata = ArtifactMetadata.from_checkpoint(info, checkpoint, sha256_file(checkpoint))
+    return replace(metadata, toolkit_version=__version__)
 
 
 def lint_or_fail(model: onnx.ModelProto, what: str) -> str:
@@ -76,13 +81,13 @@ def prepare_output_dir(out_dir: Path) -> None:
         raise UlffnError(f"the output folder {out_dir} is not writable", "choose another folder with -o")
 
 
-def build_graphs(model: Any, meta: Mapping[str, Any], options: ExportOptions) -> dict[str, onnx.ModelProto]:
+def build_graphs(model: Any, meta: ArtifactMetadata, options: ExportOptions) -> dict[str, onnx.ModelProto]:
     """The FP32 and FP16 graphs of ``model``, cleaned, with metadata, lint-clean."""
-    fp32 = slim(torch_to_onnx(model, int(meta["input_size"]), options))
+    fp32 = slim(torch_to_onnx(model, meta.input_size, options))
     fp16 = convert_to_fp16(fp32, fp32_scopes(WithSoftmax(model)))
     graphs = {"fp32": fp32, "fp16": fp16}
     for precision, graph in graphs.items():
-        set_metadata(graph, {**meta, "precision": precision})
+        set_metadata(graph, meta.with_precision(precision))
     return graphs
 
 
@@ -96,33 +101,53 @@ def export_checkpoint(
     log: Callable[[str], None] = print,
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out_dir``/model.fp32.onnx and model.fp16.onnx (see the module docstring)."""
-    onnx = require("onnx")
+    require("onnx")
     from ulffn_deploy.checkpoint import load_model
+    from ulffn_deploy.runtime import Segmenter
 
     out = Path(out_dir)
     model, info = load_model(checkpoint)
     prepare_output_dir(out)
-    meta = metadata_from_checkpoint(info, sha256_file(checkpoint))
+    meta = metadata_from_checkpoint(info, checkpoint)
     graphs = build_graphs(model, meta, options or ExportOptions())
-    summaries = {precision: lint_or_fail(graph, precision) for precision, graph in graphs.items()}
-    for graph in graphs.values():
-        onnx.checker.check_model(graph, full_check=True)
+    source = image_source(data, images, meta.input_size)
+    result = ExportResult({})
+    with Segmenter.load(checkpoint, backend="pytorch") as reference:
+        for precision, graph in graphs.items():
+            _export_one(precision, graph, out / FILE_NAMES[precision], reference, source, result)
+    log(format_comparisons({p: (c, result.checks[p]) for p, c in result.comparisons.items()}))
+    return result
 
-    size, normalization = int(meta["input_size"]), meta["normalization"]
-    batch = parity_batch(parity_images(images, size, data), size, str(meta["fit_mode"]), normalization)
-    reference = torch_probabilities(model, batch)
-    paths = {precision: out / name for precision, name in FILE_NAMES.items()}
+
+class _Rejected(Exception):
+    """A precision missed its tolerances: raised inside ``atomic_path`` so that nothing is renamed."""
+
+
+def _export_one(precision: str, graph: onnx.ModelProto, path: Path, reference: Segmenter, source: ImageSource,
+                result: ExportResult) -> None:
+    """Check one precision's graph and write it to ``path`` if it passes; record the outcome in ``result``."""
+    import onnx
+
+    from ulffn_deploy.runtime import Segmenter
+
     try:
-        with atomic_path(paths["fp32"]) as tmp32, atomic_path(paths["fp16"]) as tmp16:
-            temporary = {"fp32": tmp32, "fp16": tmp16}
-            for precision, graph in graphs.items():
-                onnx.save(graph, str(temporary[precision]))
-            reports = [parity_report(temporary[p], reference, batch, p) for p in graphs]
-            log(format_parity_table(reports))
-            failed = [f"{r['precision']}: {'; '.join(r['failures'])}" for r in reports if not r["passed"]]
-            if failed:
-                raise UlffnError(f"ONNX parity check failed ({', '.join(failed)}); no ONNX file written",
-                                 "check the export options, or report the model and this table")
+        result.summaries[precision] = lint_or_fail(graph, precision)
+        onnx.checker.check_model(graph, full_check=True)
+    except (UlffnError, onnx.checker.ValidationError) as exc:
+        result.failed[precision] = str(exc)
+        return
+    try:
+        with atomic_path(path) as tmp:
+            onnx.save(graph, str(tmp))
+            with Segmenter.load(tmp, backend="onnxruntime") as candidate:
+                comparison = compare(reference, candidate, source, batch_size=PARITY_BATCH)
+            checks = check(comparison, tolerance_for(precision))
+            result.comparisons[precision], result.checks[precision] = comparison, checks
+            if not passed(checks):
+                raise _Rejected("; ".join(failures(checks)))
+    except _Rejected as rejected:  # atomic_path removed the temporary file; an older file stays
+        result.failed[precision] = str(rejected)
+        return
     except OSError as exc:
-        raise UlffnError(f"cannot write to {out}: {exc.strerror or exc}", "check free space and permissions") from exc
-    return ExportResult(paths, reports, summaries)
+        raise UlffnError(f"cannot write {path}: {exc.strerror or exc}", "check free space and permissions") from exc
+    result.paths[precision] = path

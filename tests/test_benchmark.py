@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from verify_artifacts import artifacts
+from tiny_models import artifacts
 
 from ulffn_deploy.benchmark import (
     COLUMNS,

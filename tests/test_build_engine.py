@@ -8,22 +8,22 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import run_cli
+from helpers import run_cli
 from tiny_models import SIZE, sample_images, tiny_onnx
 
 from ulffn_deploy.cli import cli
-from ulffn_deploy.errors import UlffnError
-from ulffn_deploy.export import ort_build
-from ulffn_deploy.targets.tensorrt import (
-    EngineOptions,
-    _timing_cache_files,
-    build_best_backend,
-    default_onnx,
-    make_profile,
-)
-from ulffn_deploy.targets.onnxruntime_build import default_output, describe_onnx
-from ulffn_deploy.runtime import Segmenter
 from ulffn_deploy.devices import tensorrt_unavailable_reason
+from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.runtime import Segmenter
+from ulffn_deploy.targets import onnxruntime_build as ort_build
+from ulffn_deploy.targets import registry
+from ulffn_deploy.targets.onnxruntime_build import describe_onnx
+from ulffn_deploy.targets.tensorrt import TARGET as TENSORRT
+from ulffn_deploy.targets.tensorrt import _timing_cache_files, make_profile
+
+
+def engine_options(**given):
+    return TENSORRT.resolve_options(given)
 
 
 @pytest.fixture
@@ -37,9 +37,9 @@ def artifacts(tmp_path):
 
 @pytest.mark.skipif(tensorrt_unavailable_reason() is None, reason="TensorRT and a GPU are available here")
 def test_tensorrt_backend_without_tensorrt_fails_in_one_line(artifacts):
-    result = run_cli("build-engine", "--precision", "fp16", "--artifacts", str(artifacts))
+    result = run_cli("build-engine", "--backend", "tensorrt", "--precision", "fp16", "--artifacts", str(artifacts))
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: cannot build a TensorRT engine")
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: cannot build for tensorrt")
     assert "tensorrt package is not importable" in result.stderr and "--backend onnxruntime" in result.stderr
     assert not list(artifacts.glob("*.engine*"))
 
@@ -88,63 +88,78 @@ def test_failed_check_leaves_no_file(artifacts, monkeypatch):
     assert sorted(p.name for p in artifacts.iterdir()) == ["model.fp16.onnx", "model.fp32.onnx"]
 
 
-def test_build_best_backend_falls_back_to_onnxruntime(artifacts):
-    if tensorrt_unavailable_reason() is None:
-        pytest.skip("TensorRT is available: the best backend is tensorrt (covered by the GPU tests)")
-    built = build_best_backend(artifacts, "fp16")
-    assert built == artifacts / "model.fp16.ort.onnx" and built.with_name(built.name + ".json").is_file()
+def test_build_engine_without_backend_builds_for_the_best_target_here(artifacts):
+    best = registry.best_builder()
+    result = CliRunner().invoke(cli, ["build-engine", "--artifacts", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    built = artifacts / f"model.{best.default_build_precision}{best.build_suffix}"
+    assert built.is_file() and built.with_name(built.name + ".json").is_file()
 
 
 def test_default_names():
-    assert default_output("a/model.fp16.onnx", "tensorrt").as_posix() == "a/model.fp16.engine"
-    assert default_output("a/model.fp16.onnx", "onnxruntime").as_posix() == "a/model.fp16.ort.onnx"
+    from pathlib import Path
+
+    assert TENSORRT.default_output(Path("a/model.fp16.onnx")).as_posix() == "a/model.fp16.engine"
+    ort = registry.target_named("onnxruntime")
+    assert ort.default_output(Path("a/model.fp16.onnx")).as_posix() == "a/model.fp16.ort.onnx"
     with pytest.raises(UlffnError, match="unknown precision"):
-        default_onnx("artifacts", "fp8")
+        registry.default_onnx("artifacts", "fp8")
+
+
+def test_an_option_of_another_target_is_refused_before_any_work(artifacts):
+    result = run_cli("build-engine", "--backend", "onnxruntime", "--max-batch", "4", "--artifacts", str(artifacts))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--max-batch" in result.stderr and "--backend onnxruntime" in result.stderr
+    assert not list(artifacts.glob("*.ort.onnx*"))
 
 
 def test_profile_of_a_static_size_onnx():
     source = describe_onnx(tiny_onnx("fp32"))
     assert source.input_shape == (None, 3, SIZE, SIZE)
-    profile = make_profile(source, EngineOptions(min_batch=1, opt_batch=4, max_batch=16))
+    profile = make_profile(source, engine_options(min_batch=1, opt_batch=4, max_batch=16))
     assert profile == {"min": [1, 3, SIZE, SIZE], "opt": [4, 3, SIZE, SIZE], "max": [16, 3, SIZE, SIZE]}
     with pytest.raises(UlffnError, match="fixed input size of 32x32"):
-        make_profile(source, EngineOptions(max_hw=64))
+        make_profile(source, engine_options(max_hw=64))
 
 
 def test_profile_of_a_dynamic_size_onnx():
     source = describe_onnx(tiny_onnx("fp32", dynamic_hw=True))
     assert source.input_shape == (None, 3, None, None)
-    assert make_profile(source, EngineOptions())["max"] == [8, 3, SIZE, SIZE]  # the model's input size by default
-    profile = make_profile(source, EngineOptions(min_hw=16, opt_hw=32, max_hw=64))
+    assert make_profile(source, engine_options())["max"] == [8, 3, SIZE, SIZE]  # the model's input size by default
+    profile = make_profile(source, engine_options(min_hw=16, opt_hw=32, max_hw=64))
     assert profile["min"] == [1, 3, 16, 16] and profile["max"] == [8, 3, 64, 64]
     with pytest.raises(UlffnError, match="multiples of 8"):
-        make_profile(source, EngineOptions(min_hw=12))
+        make_profile(source, engine_options(min_hw=12))
     with pytest.raises(UlffnError, match="min <= opt <= max"):
-        make_profile(source, EngineOptions(min_hw=64, max_hw=32))
+        make_profile(source, engine_options(min_hw=64, max_hw=32))
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"min_batch": 4, "opt_batch": 2}, "batch profile"),
-    ({"hardware_compatibility": "turing"}, "hardware compatibility"),
-    ({"workspace_mib": 0}, "workspace"),
-    ({"builder_optimization_level": 6}, "optimization level"),
+    ({"hardware_compatibility": "turing"}, "--hardware-compatibility 'turing' is not one of"),
+    ({"workspace": 0}, "--workspace 0 is below 1"),
+    ({"builder_optimization_level": 6}, "--builder-optimization-level 6 is above 5"),
+    ({"max_batch": "many"}, "--max-batch 'many' is not a int"),
 ])
 def test_engine_options_are_validated(kwargs, message):
     with pytest.raises(UlffnError, match=message):
-        EngineOptions(**kwargs)
+        engine_options(**kwargs)
+
+
+def test_batch_profile_order_is_checked():
+    with pytest.raises(UlffnError, match="batch profile 4/2/8"):
+        make_profile(describe_onnx(tiny_onnx("fp32")), engine_options(min_batch=4, opt_batch=2))
 
 
 def test_engine_options_round_trip_through_the_command_line():
-    options = EngineOptions(1, 2, 4, 32, 64, 96, 512, "t.cache", 4, True, "ampere-plus")
-    args = options.command_args()
-    assert args == ["--min-batch", "1", "--opt-batch", "2", "--max-batch", "4", "--min-hw", "32", "--opt-hw", "64",
-                    "--max-hw", "96", "--workspace", "512", "--timing-cache", "t.cache",
-                    "--builder-optimization-level", "4", "--version-compatible", "--hardware-compatibility", "ampere-plus"]
+    options = engine_options(min_batch=1, opt_batch=2, max_batch=4, min_hw=32, opt_hw=64, max_hw=96, workspace=512,
+                             timing_cache="t.cache", builder_optimization_level=4, version_compatible=True,
+                             hardware_compatibility="ampere-plus")
+    args = TENSORRT.option_args(options)
+    assert args[:6] == ["--opt-batch", "2", "--max-batch", "4", "--min-hw", "32"]  # defaults are left out
+    assert "--version-compatible" in args and args[-2:] == ["--hardware-compatibility", "ampere-plus"]
     parsed = cli.get_command(None, "build-engine").make_context("build-engine", list(args)).params
-    assert EngineOptions(parsed["min_batch"], parsed["opt_batch"], parsed["max_batch"], parsed["min_hw"], parsed["opt_hw"],
-                         parsed["max_hw"], parsed["workspace_mib"], parsed["timing_cache"],
-                         parsed["builder_optimization_level"], parsed["version_compatible"],
-                         parsed["hardware_compatibility"]) == options
+    given = {name: value for name, value in parsed.items() if value is not None and name in options}
+    assert engine_options(**given) == options
 
 
 def test_timing_cache_is_replaced_atomically_and_only_on_success(tmp_path):

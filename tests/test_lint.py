@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 from onnx import TensorProto, helper, numpy_helper
 
 from ulffn_deploy.errors import UlffnError

@@ -8,14 +8,14 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import run_cli
+from helpers import run_cli
 from PIL import Image
 from tiny_models import sample_images, tiny_onnx
 
 from ulffn_deploy.cli import cli
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.imageio import read_mask, read_rgb
-from ulffn_deploy.predict import collect_images, default_artifact, outline, overlay, predict_paths
+from ulffn_deploy.predict import collect_images, outline, overlay, predict_paths
 from ulffn_deploy.runtime import Segmenter
 
 
@@ -109,21 +109,6 @@ def test_no_images_is_a_usage_error(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no images found" in result.stderr
     result = run_cli("predict", str(tiny_onnx("fp32")), str(tmp_path / "missing.png"))
     assert result.returncode == 2 and "no such file or folder" in result.stderr
-
-
-def test_default_artifact_prefers_what_runs_here(tmp_path, monkeypatch):
-    from ulffn_deploy.runtime import devices
-
-    with pytest.raises(UlffnError, match="no model found"):
-        default_artifact(tmp_path)
-    for name in ("model.fp32.onnx", "model.fp16.engine"):
-        (tmp_path / name).write_bytes(b"x")
-    monkeypatch.setattr(devices, "tensorrt_unavailable_reason", lambda: "no GPU")
-    assert default_artifact(tmp_path).name == "model.fp32.onnx"
-    (tmp_path / "model.fp32.ort.onnx").write_bytes(b"x")
-    assert default_artifact(tmp_path).name == "model.fp32.ort.onnx"
-    monkeypatch.setattr(devices, "tensorrt_unavailable_reason", lambda: None)
-    assert default_artifact(tmp_path).name == "model.fp16.engine"
 
 
 def test_cli_without_a_model_uses_the_artifacts_folder(tmp_path):

@@ -1,5 +1,7 @@
 """GPU tests: the cuda-python wrapper (needs only cuda-python and a GPU) and TensorRT engines built from tiny
-ONNX files of each precision, compared with ONNX Runtime. Skipped, with the reason, where those are missing."""
+ONNX files of each precision, compared with ONNX Runtime; version-compatible plans (full and lean runtime),
+the engine cache (build on first use, reuse, rebuild, two processes at once), the post-build precision
+check, DLA refusal and concurrent calls. Skipped, with the reason, where those are missing."""
 
 from __future__ import annotations
 
@@ -10,16 +12,16 @@ import pytest
 from tiny_models import SIZE, sample_images, tiny_onnx
 
 from ulffn_deploy.config import Normalization
+from ulffn_deploy.devices import gpu_problem, tensorrt_unavailable_reason
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.preprocess import preprocess
-from ulffn_deploy.devices import gpu_problem, tensorrt_unavailable_reason
 
 pytestmark = pytest.mark.gpu
 
 _NO_GPU = gpu_problem()
-_NO_TRT = tensorrt_unavailable_reason()
+_NO_TRT = tensorrt_unavailable_reason(build=True)
 needs_gpu = pytest.mark.skipif(_NO_GPU is not None, reason=f"needs cuda-python and an NVIDIA GPU: {_NO_GPU}")
-needs_trt = pytest.mark.skipif(_NO_TRT is not None, reason=f"needs TensorRT and an NVIDIA GPU: {_NO_TRT}")
+needs_trt = pytest.mark.skipif(_NO_TRT is not None, reason=f"needs TensorRT (to build) and an NVIDIA GPU: {_NO_TRT}")
 # |probability difference| between an engine and ONNX Runtime running the same ONNX file: (max, mean)
 TOLERANCE = {"fp32": (1e-3, 1e-4), "fp16": (2e-2, 2e-3), "int8": (0.15, 0.02)}
 
@@ -101,7 +103,7 @@ def test_cuda_errors_are_named():
 # -- TensorRT -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
-    from ulffn_deploy.targets.tensorrt import EngineOptions, build_tensorrt_engine
+    from ulffn_deploy.targets.tensorrt import build_tensorrt_engine
 
     out = tmp_path_factory.mktemp("engines")
     built = {}
@@ -110,7 +112,7 @@ def engines(tmp_path_factory):
             onnx = tiny_onnx(precision)
         except pytest.skip.Exception:  # int8 without ulffn_deploy.calib
             continue
-        options = EngineOptions(min_batch=1, opt_batch=2, max_batch=4, timing_cache=str(out / "timing.cache"))
+        options = {"min_batch": 1, "opt_batch": 2, "max_batch": 4, "timing_cache": str(out / "timing.cache")}
         built[precision] = build_tensorrt_engine(onnx, out / f"model.{precision}.engine", options)
     return built
 
@@ -207,3 +209,166 @@ def test_parser_errors_name_the_node(tmp_path):
     with pytest.raises(UlffnError, match=f"rejected model.int8.onnx: node '{node.name}'"):
         build_tensorrt_engine(broken)
     assert not (tmp_path / "model.int8.engine").exists()
+
+
+# -- precision check, version-compatible plans, lean runtime ------------------------------------------------
+@needs_trt
+def test_sidecar_records_layer_precisions_that_match_the_precision(engines):
+    for precision, engine in engines.items():
+        counts = json.loads(engine.with_name(engine.name + ".json").read_text())["layer_precisions"]
+        wanted = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}[precision]
+        assert counts.get(wanted, 0) > 0, (precision, counts)
+        if precision == "fp32":
+            assert counts.get("FP16", 0) == 0 and counts.get("INT8", 0) == 0, counts
+
+
+@pytest.fixture(scope="module")
+def version_compatible(tmp_path_factory):
+    from ulffn_deploy.targets.tensorrt import build_tensorrt_engine
+
+    out = tmp_path_factory.mktemp("vc")
+    return build_tensorrt_engine(tiny_onnx("fp16"), out / "model.fp16.engine", {"version_compatible": True, "max_batch": 4})
+
+
+@needs_trt
+def test_version_compatible_engine_loads_with_host_code_allowed_and_matches(engines, version_compatible):
+    from ulffn_deploy.runtime import Segmenter
+
+    batch = np.random.default_rng(3).standard_normal((3, 3, SIZE, SIZE)).astype(np.float32)
+    with Segmenter.load(version_compatible) as vc, Segmenter.load(engines["fp16"]) as plain:
+        assert vc.info["host_code_allowed"] is True and plain.info["host_code_allowed"] is False
+        np.testing.assert_allclose(vc.infer(batch), plain.infer(batch), atol=TOLERANCE["fp16"][0])
+
+
+@needs_trt
+def test_version_compatible_engine_with_an_edited_sidecar_gets_no_host_code(version_compatible, tmp_path):
+    """Without a sha256 to verify the plan, host code stays forbidden, so TensorRT refuses the plan."""
+    from ulffn_deploy.runtime import Segmenter
+
+    engine = tmp_path / "model.fp16.engine"
+    engine.write_bytes(version_compatible.read_bytes())
+    sidecar = json.loads(version_compatible.with_name("model.fp16.engine.json").read_text())
+    del sidecar["engine_sha256"]
+    (tmp_path / "model.fp16.engine.json").write_text(json.dumps(sidecar))
+    with pytest.raises(UlffnError, match="could not deserialize"):
+        Segmenter.load(engine)
+
+
+def _lean():
+    from ulffn_deploy.devices import import_tensorrt, import_tensorrt_lean
+
+    lean, full = import_tensorrt_lean(), import_tensorrt()
+    if lean is None:
+        pytest.skip("needs tensorrt_lean: pip install 'ulffn-deploy[tensorrt-lean]'")
+    return lean, full
+
+
+@needs_trt
+def test_lean_runtime_runs_a_version_compatible_engine(version_compatible):
+    from ulffn_deploy.runtime import Segmenter
+
+    _lean()
+    batch = np.random.default_rng(4).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    with Segmenter.load(version_compatible, runtime="lean") as lean, Segmenter.load(version_compatible, runtime="full") as full:
+        assert lean.info["tensorrt_runtime"] == "tensorrt_lean"
+        np.testing.assert_allclose(lean.infer(batch), full.infer(batch), atol=1e-3)
+
+
+@needs_trt
+def test_lean_runtime_refuses_a_plan_that_is_not_version_compatible(engines):
+    from ulffn_deploy.runtime import Segmenter
+
+    _lean()
+    with pytest.raises(UlffnError, match="not built version-compatible") as caught:
+        Segmenter.load(engines["fp16"], runtime="lean")
+    assert "--version-compatible" in caught.value.hint
+
+
+@needs_trt
+def test_plan_without_lean_runtime_runs_on_the_installed_lean_library(tmp_path):
+    from ulffn_deploy.runtime import Segmenter
+    from ulffn_deploy.targets.tensorrt import build_tensorrt_engine
+
+    lean, full = _lean()
+    if full is not None and lean.__version__ != full.__version__:
+        pytest.skip(f"tensorrt {full.__version__} and tensorrt_lean {lean.__version__} differ: the excluded lean "
+                    "runtime must be the building version")
+    engine = build_tensorrt_engine(tiny_onnx("fp16"), tmp_path / "model.fp16.engine",
+                                   {"version_compatible": True, "exclude_lean_runtime": True})
+    sidecar = json.loads(engine.with_name("model.fp16.engine.json").read_text())
+    assert sidecar["build_flags"]["exclude_lean_runtime"] is True and "--exclude-lean-runtime" in sidecar["build_command"]
+    batch = np.random.default_rng(5).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    with Segmenter.load(engine, runtime="lean") as segmenter:
+        assert segmenter.infer(batch).shape == (1, 2, SIZE, SIZE)
+
+
+# -- engine cache: build on first boot --------------------------------------------------------------------------
+@needs_trt
+def test_engine_cache_builds_once_reuses_and_rebuilds_when_the_key_changes(tmp_path):
+    from ulffn_deploy.runtime import Segmenter
+
+    cache = tmp_path / "cache"
+    onnx = tiny_onnx("fp16")
+    batch = np.random.default_rng(6).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    with Segmenter.load(onnx, backend="tensorrt", engine_cache=cache) as first:
+        built = first.path
+        expected = first.infer(batch)
+    stamp = built.stat().st_mtime_ns
+    assert built.parent.parent == cache and built.name == "model.fp16.engine"
+    assert json.loads(built.with_name("model.fp16.engine.json").read_text())["layer_precisions"].get("FP16", 0) > 0
+    assert list(cache.glob("timing-*.cache"))
+    with Segmenter.load(onnx, backend="tensorrt", engine_cache=cache) as again:
+        assert again.path == built and built.stat().st_mtime_ns == stamp  # reused, not rebuilt
+        np.testing.assert_array_equal(again.infer(batch), expected)
+    with Segmenter.load(onnx, backend="tensorrt", engine_cache=cache, build_options={"max_batch": 2}) as other:
+        assert other.path.parent != built.parent and other.max_batch == 2  # new key, new build
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+
+
+@needs_trt
+def test_two_processes_loading_at_once_build_once(tmp_path):
+    from helpers import run_python
+
+    cache = tmp_path / "cache"
+    code = f"""
+        from ulffn_deploy.runtime import Segmenter
+        with Segmenter.load({str(tiny_onnx("fp16"))!r}, backend="tensorrt", engine_cache={str(cache)!r}) as seg:
+            print(seg.path)
+        """
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: run_python(code), range(2)))
+    assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+    assert len({run.stdout.strip() for run in runs}) == 1
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1
+
+
+# -- DLA and threads -------------------------------------------------------------------------------------------
+@needs_trt
+def test_dla_core_is_refused_on_a_gpu_without_dla(tmp_path):
+    from ulffn_deploy.devices import import_tensorrt
+    from ulffn_deploy.targets.tensorrt import build_tensorrt_engine
+
+    trt = import_tensorrt()
+    if trt.Builder(trt.Logger(trt.Logger.ERROR)).num_DLA_cores > 0:
+        pytest.skip("this device has DLA cores")
+    with pytest.raises(UlffnError, match="this GPU has no DLA") as caught:
+        build_tensorrt_engine(tiny_onnx("fp16"), tmp_path / "model.fp16.engine", {"dla_core": 0})
+    assert "\n" not in str(caught.value) and not (tmp_path / "model.fp16.engine").exists()
+
+
+@needs_trt
+def test_concurrent_calls_give_the_serial_results(engines):
+    import concurrent.futures
+
+    from ulffn_deploy.runtime import Segmenter
+
+    rng = np.random.default_rng(7)
+    batches = [rng.standard_normal((1 + i % 4, 3, SIZE, SIZE)).astype(np.float32) for i in range(16)]
+    with Segmenter.load(engines["fp32"]) as engine:
+        serial = [engine.infer(b) for b in batches]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            parallel = list(pool.map(engine.infer, batches))
+    for got, expected in zip(parallel, serial):
+        np.testing.assert_array_equal(got, expected)

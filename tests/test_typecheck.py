@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TENSORRT_MODULES = ["ulffn_deploy/targets/tensorrt_runtime.py", "ulffn_deploy/targets/cuda.py", "ulffn_deploy/targets/tensorrt.py"]
+TENSORRT_MODULES = ["ulffn_deploy/targets/tensorrt_runtime.py", "ulffn_deploy/targets/cuda.py",
+                    "ulffn_deploy/targets/tensorrt.py", "ulffn_deploy/targets/tensorrt_cache.py", "ulffn_deploy/devices.py"]
 MAPPED_SUBPACKAGES = ("train", "export", "calib")  # installed as ulffn_deploy.<name> (pyproject package-dir)
 STUB_FIXES = [
     (re.compile(r"\bin: list\["), "in_: list["),
@@ -101,3 +102,45 @@ def test_the_stub_check_would_catch_a_wrong_tensorrt_call(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config), str(wrong)],
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 1 and '"ICudaEngine" has no attribute "get_tensor_nam"' in result.stdout, result.stdout
+
+
+def _stub_members() -> dict[str, set[str]]:
+    """Top-level names of the tensorrt stubs and, for classes, their members (``{"": top-level, cls: members}``)."""
+    import ast
+
+    members: dict[str, set[str]] = {"": set()}
+    for stub in _stub_files():
+        text = stub.read_text(encoding="utf-8")
+        for pattern, replacement in STUB_FIXES:
+            text = pattern.sub(replacement, text)
+        for node in ast.parse(text).body:
+            if isinstance(node, ast.ClassDef):
+                members[""].add(node.name)
+                names = members.setdefault(node.name, set())
+                for item in node.body:
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        names.add(item.name)
+                    elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        names.add(item.target.id)
+                    elif isinstance(item, ast.Assign):
+                        names.update(t.id for t in item.targets if isinstance(t, ast.Name))
+            elif isinstance(node, (ast.FunctionDef, ast.ImportFrom)):
+                members[""].update([node.name] if isinstance(node, ast.FunctionDef) else [a.asname or a.name for a in node.names])
+    return members
+
+
+def test_module_level_tensorrt_names_of_the_builder_exist_in_the_stubs():
+    """The builder takes the module from ``require_tensorrt()`` (typed Any), so mypy cannot see ``trt.X.Y``:
+    every such chain in targets/tensorrt.py (enums, flags, classes) is looked up in the stubs here."""
+    import ast
+
+    members = _stub_members()
+    used = set()
+    for node in ast.walk(ast.parse((ROOT / "ulffn_deploy/targets/tensorrt.py").read_text())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) \
+                and isinstance(node.value.value, ast.Name) and node.value.value.id == "trt":
+            used.add((node.value.attr, node.attr))
+    assert {("ProfilingVerbosity", "DETAILED"), ("BuilderFlag", "GPU_FALLBACK"), ("DeviceType", "DLA"),
+            ("LayerInformationFormat", "JSON")} <= used
+    missing = sorted(f"{cls}.{name}" for cls, name in used if name not in members.get(cls, set()))
+    assert missing == [], f"not in tensorrt-stubs: {missing}"

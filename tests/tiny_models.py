@@ -1,7 +1,13 @@
-"""Tiny ULFFN artifacts for the runtime, build-engine and predict tests: width 8, 32 x 32 input.
+"""The tiny ULFFN artifacts every test uses: width 8, 32 x 32 input, one model, made once per test session.
 
-Each is made once per test session, in a temporary folder removed at exit, through the project's own
-checkpoint and export code (a checkpoint, and ONNX files with ``ulffn.*`` metadata).
+Everything comes from :func:`tiny_model` through the project's own checkpoint, export and calibration
+code, in a temporary folder removed at exit:
+
+- :func:`tiny_checkpoint`: ``best.pt``;
+- :func:`tiny_onnx`: ``model.<precision>.onnx`` (static or dynamic H/W) recording that checkpoint's sha256;
+- :func:`artifacts`: a quickstart-like folder for verify, benchmark and registry tests: ``run/best.pt``,
+  ``model.fp32.onnx`` and ``model.fp16.onnx`` written by ``export_checkpoint``, and ``data/`` with three
+  synthetic ISIC 2016 test images and labels.
 """
 
 from __future__ import annotations
@@ -26,13 +32,13 @@ def workdir() -> Path:
 
 
 @functools.cache
-def tiny_model():
+def tiny_model(seed: int = 0):
     """A width-8 ULFFN with non-trivial BatchNorm statistics, so outputs vary across pixels and images."""
     import torch
 
     from ulffn_deploy.model import ULFFN
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = ULFFN(width=WIDTH)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -41,23 +47,20 @@ def tiny_model():
     return model.eval()
 
 
-def metadata(precision: str = "fp32") -> dict:
-    from ulffn_deploy import __version__
-    from ulffn_deploy.config import ModelConfig, Normalization
+def save_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """The checkpoint of ``tiny_model(seed)`` as training writes it."""
+    from ulffn_deploy.checkpoint import save_checkpoint
+    from ulffn_deploy.config import Normalization
 
-    return {"model_config": ModelConfig(width=WIDTH), "normalization": Normalization(), "input_size": SIZE,
-            "fit_mode": "paper", "checkpoint_sha256": "0" * 64, "toolkit_version": __version__, "precision": precision}
+    model = tiny_model(seed)
+    save_checkpoint(path, {"model_config": model.config.to_dict(), "normalization": Normalization().to_dict(),
+                           "input_size": SIZE, "fit_mode": "paper", "state_dict": model.state_dict(), "epoch": 1})
+    return path
 
 
 @functools.cache
 def tiny_checkpoint() -> Path:
-    from ulffn_deploy.config import Normalization
-    from ulffn_deploy.checkpoint import save_checkpoint
-
-    path = workdir() / "best.pt"
-    save_checkpoint(path, {"model_config": {"variant": "w-ac", "width": WIDTH}, "normalization": Normalization().to_dict(),
-                           "input_size": SIZE, "fit_mode": "paper", "state_dict": tiny_model().state_dict(), "epoch": 1})
-    return path
+    return save_tiny_checkpoint(workdir() / "best.pt")
 
 
 @functools.cache
@@ -67,12 +70,14 @@ def tiny_onnx(precision: str = "fp32", dynamic_hw: bool = False) -> Path:
 
     if precision == "int8":
         return _tiny_int8(dynamic_hw)
+    from ulffn_deploy.checkpoint import load_model
     from ulffn_deploy.export.onnx_export import ExportOptions
-    from ulffn_deploy.export.pipeline import build_graphs
+    from ulffn_deploy.export.pipeline import build_graphs, metadata_from_checkpoint
 
     folder = workdir() / ("dynamic" if dynamic_hw else "static")
     folder.mkdir(exist_ok=True)
-    graphs = build_graphs(tiny_model(), metadata(), ExportOptions(dynamic_hw=dynamic_hw))
+    model, info = load_model(tiny_checkpoint())
+    graphs = build_graphs(model, metadata_from_checkpoint(info, tiny_checkpoint()), ExportOptions(dynamic_hw=dynamic_hw))
     path = folder / f"model.{precision}.onnx"
     onnx.save(graphs[precision], str(path))
     return path
@@ -91,6 +96,36 @@ def _tiny_int8(dynamic_hw: bool) -> Path:
     output = fp32.with_name("model.int8.onnx")
     calib.calibrate(fp32, data=images, output=output, num_images=4, num_eval=2, log=lambda line: None)
     return output
+
+
+@functools.cache
+def artifacts() -> Path:
+    """The quickstart-like folder (see the module docstring); tests copy it before changing anything in it."""
+    from ulffn_deploy.export.pipeline import export_checkpoint
+    from ulffn_deploy.synth import generate_dataset
+
+    folder = workdir() / "artifacts"
+    (folder / "run").mkdir(parents=True)
+    checkpoint = shutil.copy(tiny_checkpoint(), folder / "run" / "best.pt")
+    generate_dataset(folder / "data", n_train=1, n_test=3, size=48, seed=0)
+    export_checkpoint(checkpoint, folder, images=2, data=folder / "data", log=lambda message: None)
+    return folder
+
+
+def perturbed_onnx(source: Path, target: Path) -> Path:
+    """A copy of ``source`` whose head convolution is negated: its masks are the reference's complement."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    head = [node for node in model.graph.node if node.op_type == "Conv"][-1]
+    initializers = {init.name: init for init in model.graph.initializer}
+    for name in head.input[1:]:
+        tensor = initializers[name]
+        tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), name))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(target))
+    return target
 
 
 def sample_images(count: int = 3, seed: int = 0) -> list[np.ndarray]:

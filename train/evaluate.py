@@ -1,9 +1,12 @@
 """Score a checkpoint on an ISIC split with the paper's metrics (mean over images).
 
-Two protocols (ULFFN.md): ``paper`` scores the prediction against the label on the centre crop the
-network sees (shorter side resized to the input size, then centre-cropped), as the paper's figures are;
-``full`` resizes the whole image, maps the predicted mask back to the original size and scores it
-against the original label. Images that cannot be read are skipped with a warning and listed.
+The fit mode says how an image enters the network (``preprocess``): ``full`` (the default of every
+command) resizes the whole image; ``paper`` resizes the shorter side and centre-crops. Either way the
+predicted mask is mapped back to the original image size and scored against the original label, as
+``verify`` scores and as ``score`` scores the masks of ``predict --fit <mode>``: one model on one split
+gets one Dice per fit mode everywhere. With ``paper``, the paper's own protocol (scored on the crops
+against labels cropped the same way, docs/model.md) is reported too, as ``paper_metrics``. Images that
+cannot be read are skipped with a warning and listed.
 """
 
 from __future__ import annotations
@@ -17,22 +20,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from ulffn_deploy.checkpoint import load_model
 from ulffn_deploy.config import Normalization
 from ulffn_deploy.data import IsicSegmentation
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.metrics import image_metrics, mean_metrics
-from ulffn_deploy.preprocess import FIT_MODES, fit_mask, preprocess, probabilities_to_masks, softmax
-from ulffn_deploy.checkpoint import load_model
+from ulffn_deploy.preprocess import DEFAULT_FIT_MODE, FIT_MODES, fit_mask, preprocess, probabilities_to_masks, softmax
 from ulffn_deploy.train.dataset import SkippedSampleWarning
 from ulffn_deploy.train.distributed import select_device
 
 
 def protocol(fit_mode: str, size: int) -> str:
     """One line saying how the figures were computed."""
+    scored = "mask mapped back and scored at the original image size (as verify and score)"
     if fit_mode == "paper":
-        return (f"paper: shorter side resized to {size}, centre crop {size}x{size}; "
-                "scored on the crops against the labels cropped the same way")
-    return f"full: whole image resized to {size}x{size}; mask mapped back and scored at the original size"
+        return f"fit paper: shorter side resized to {size}, centre crop {size}x{size} (outside it: background); {scored}"
+    return f"fit full: whole image resized to {size}x{size}; {scored}"
 
 
 def _load(dataset: IsicSegmentation, index: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -50,7 +53,7 @@ def _predict(model: torch.nn.Module, batch: np.ndarray, device: torch.device) ->
 
 
 def evaluate_checkpoint(path: str | os.PathLike[str], data_dir: str | os.PathLike[str], split: str = "test",
-                        year: int = 2016, fit_mode: str = "paper", batch_size: int = 8,
+                        year: int = 2016, fit_mode: str = DEFAULT_FIT_MODE, batch_size: int = 8,
                         device: str = "auto") -> dict[str, Any]:
     """Mean metrics of the checkpoint at ``path`` over the ISIC ``year``/``split`` images in ``data_dir``."""
     if fit_mode not in FIT_MODES:
@@ -63,6 +66,7 @@ def evaluate_checkpoint(path: str | os.PathLike[str], data_dir: str | os.PathLik
     normalization = Normalization.from_dict(info["normalization"])
     dataset = IsicSegmentation(Path(data_dir), year=year, split=split)
     rows: list[dict[str, float]] = []
+    crop_rows: list[dict[str, float]] = []
     skipped: list[str] = []
     with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow decodes with the GIL released
         for start in range(0, len(dataset), batch_size):
@@ -71,7 +75,9 @@ def evaluate_checkpoint(path: str | os.PathLike[str], data_dir: str | os.PathLik
             skipped += [dataset[i].isic_id for i, item in zip(indices, loaded, strict=True) if item is None]
             pairs = [item for item in loaded if item is not None]
             if pairs:
-                rows += _score_batch(model, pairs, size, fit_mode, normalization, target)
+                scored, on_crops = _score_batch(model, pairs, size, fit_mode, normalization, target)
+                rows += scored
+                crop_rows += on_crops
     if not rows:
         raise UlffnError(f"none of the {len(dataset)} images of ISIC {year} {split} could be read",
                          "see the warnings above")
@@ -87,18 +93,20 @@ def evaluate_checkpoint(path: str | os.PathLike[str], data_dir: str | os.PathLik
         "model_config": info["model_config"],
         "input_size": size,
         "metrics": mean_metrics(rows),
+        "paper_metrics": mean_metrics(crop_rows) if fit_mode == "paper" else None,
     }
 
 
 def _score_batch(model: torch.nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]], size: int, fit_mode: str,
-                 normalization: Normalization, device: torch.device) -> list[dict[str, float]]:
+                 normalization: Normalization, device: torch.device
+                 ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Metrics of each image at its original size; and on the crops (the paper's protocol) in fit mode paper."""
     images = [image for image, _ in pairs]
     batch, placements = preprocess(images, size, fit_mode, normalization)
     probabilities = _predict(model, batch, device)
-    if fit_mode == "paper":
-        predictions = list(probabilities[:, 1] > 0.5)
-        truths = [fit_mask(mask, placement) for (_, mask), placement in zip(pairs, placements, strict=True)]
-    else:
-        predictions = probabilities_to_masks(probabilities, placements)
-        truths = [mask for _, mask in pairs]
-    return [image_metrics(p, t) for p, t in zip(predictions, truths, strict=True)]
+    masks = probabilities_to_masks(probabilities, placements)
+    scored = [image_metrics(p, t) for p, (_, t) in zip(masks, pairs, strict=True)]
+    if fit_mode != "paper":
+        return scored, []
+    truths = [fit_mask(mask, placement) for (_, mask), placement in zip(pairs, placements, strict=True)]
+    return scored, [image_metrics(p > 0.5, t) for p, t in zip(probabilities[:, 1], truths, strict=True)]

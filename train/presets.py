@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ulffn_deploy.config import OUTPUT_STRIDE, VARIANTS, ModelConfig
+from ulffn_deploy.config import MAX_INPUT_SIZE, OUTPUT_STRIDE, VARIANTS, ModelConfig
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.preprocess import FIT_MODES
 
@@ -146,7 +146,8 @@ def validate(config: TrainConfig) -> None:
     config.model_config  # noqa: B018 - validates variant and width
     checks = [
         (config.year in (2016, 2017), "--year", "2016 or 2017"),
-        (config.size > 0 and config.size % OUTPUT_STRIDE == 0, "--size", f"a positive multiple of {OUTPUT_STRIDE}"),
+        (0 < config.size <= MAX_INPUT_SIZE and config.size % OUTPUT_STRIDE == 0, "--size",
+         f"a positive multiple of {OUTPUT_STRIDE} up to {MAX_INPUT_SIZE}"),
         (config.fit_mode in FIT_MODES, "--fit-mode", " or ".join(FIT_MODES)),
         (config.epochs >= 1, "--epochs", "at least 1"),
         (config.batch_size >= 1, "--batch-size", "at least 1"),

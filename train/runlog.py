@@ -6,13 +6,13 @@ TensorBoard events go to RUN_DIR/tensorboard when ``torch.utils.tensorboard`` im
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ulffn_deploy.fileio import write_text_atomic
 from ulffn_deploy.metrics import METRICS
+from ulffn_deploy.progress import track
 
 CSV_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", *METRICS, "train_seconds", "seconds")
 T = TypeVar("T")
@@ -38,7 +38,7 @@ class RunLog:
         self.run_dir = run_dir
         self.enabled = enabled
         self.quiet = quiet
-        self.show_bar = enabled and not quiet and sys.stderr.isatty()
+        self.show_progress = enabled and not quiet
         self._writer = self._tensorboard() if enabled else None
 
     def _tensorboard(self) -> Any:
@@ -49,11 +49,11 @@ class RunLog:
         return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
     def progress(self, batches: Iterable[T], total: int, epoch: int, epochs: int) -> Iterable[T]:
-        if not self.show_bar:
-            return batches
-        from tqdm import tqdm
+        """The training batches of one epoch, with a bar on a terminal or a line every few seconds in a log."""
+        return track(batches, total, f"epoch {epoch}/{epochs}", unit="batch", enabled=self.show_progress)
 
-        return tqdm(batches, total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, dynamic_ncols=True)
+    def validation_progress(self, batches: Iterable[T], total: int) -> Iterable[T]:
+        return track(batches, total, "validation", unit="batch", enabled=self.show_progress)
 
     def message(self, text: str) -> None:
         if self.enabled and not self.quiet:

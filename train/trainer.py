@@ -8,9 +8,10 @@ the global batch. So N processes train the same weights as one, up to float roun
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,20 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
+from ulffn_deploy.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from ulffn_deploy.config import Normalization
 from ulffn_deploy.data import Sample
 from ulffn_deploy.errors import UlffnError
-from ulffn_deploy.fileio import write_json_atomic
+from ulffn_deploy.fileio import check_writable_folder, output_errors, write_json_atomic
 from ulffn_deploy.metrics import METRICS, image_metrics
 from ulffn_deploy.train import distributed
-from ulffn_deploy.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from ulffn_deploy.train.dataset import EpochSampler, SegmentationDataset, train_val_split
 from ulffn_deploy.train.presets import TrainConfig, make_config
 from ulffn_deploy.train.runlog import RunLog
 
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "summary.json")
+RUN_FOLDERS = ("tensorboard",)
+PREVIOUS_RUN = ".previous-run"  # with --overwrite, the old run waits here until the new one has a checkpoint
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
@@ -69,8 +72,10 @@ def make_optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimi
 class Trainer:
     """Owns the model, data, optimizer and run state of this process; ``fit`` runs the remaining epochs."""
 
-    def __init__(self, config: TrainConfig, env: distributed.DistEnv) -> None:
+    def __init__(self, config: TrainConfig, env: distributed.DistEnv,
+                 on_checkpoint: Callable[[], None] | None = None) -> None:
         self.config, self.env = config, env
+        self.on_checkpoint = on_checkpoint  # called once last.pt is written (the old run may then go)
         self.out = Path(config.out)
         self.local_batch = _local_batch(config.batch_size, env.world_size)
         self.normalization = Normalization()
@@ -206,7 +211,7 @@ class Trainer:
         """Mean per-image metrics (on the fitted crops) and loss over the validation images of all processes."""
         model = unwrap(self.model).eval()
         sums = torch.zeros(len(METRICS) + 2, dtype=torch.float64)  # metrics..., loss, images
-        for images, masks, valid in self.val_loader:
+        for images, masks, valid in self.log.validation_progress(self.val_loader, len(self.val_loader)):
             images = images.to(self.env.device)
             with torch.autocast(self.env.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 logits = model(images).float()
@@ -258,6 +263,8 @@ class Trainer:
         partial["loss_sum"], partial["images"] = float(totals[0]), float(totals[1])
         if self.env.is_main:
             save_checkpoint(self.out / "last.pt", self.snapshot(kind="last", partial=partial))
+            if self.on_checkpoint is not None:
+                self.on_checkpoint()
 
     def restore(self, checkpoint: Mapping[str, Any], source: str) -> None:
         """Continue from a ``last`` checkpoint: weights, optimizer, schedule, position and history."""
@@ -332,6 +339,9 @@ def resolve(request: TrainConfig | Mapping[str, Any] | Sequence[str]) -> TrainCo
         values = parse_args(request)
     if "data" not in values or "out" not in values:
         raise UlffnError("training needs a data folder and a run folder", "pass --data DIR --out RUN_DIR")
+    if values.get("resume") and values.get("overwrite"):
+        raise UlffnError("--resume and --overwrite contradict each other",
+                         "--resume continues the run in --out; --overwrite starts it again: pass one")
     stored = None
     if values.get("resume"):
         stored = load_checkpoint(_last_path(Path(values["out"]))).get("train_args")
@@ -360,6 +370,8 @@ def check_run_dir(config: TrainConfig) -> list[str]:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise UlffnError(f"--out {out} is a file", "choose a folder for the run")
+    if config.resume and config.overwrite:
+        raise UlffnError("--resume and --overwrite contradict each other", "pass one of them")
     if config.resume:
         _last_path(out)
         return []
@@ -377,16 +389,73 @@ def preflight(config: TrainConfig, world_size: int) -> None:
     split_for(config)
 
 
-def prepare_run_dir(config: TrainConfig, is_main: bool) -> None:
-    """Refuse to mix two runs in one folder; with --overwrite, remove the old run's files first."""
+class RunDirSwap:
+    """With --overwrite, the old run's files move to RUN_DIR/.previous-run; ``commit`` deletes them once the
+    new run has written its first checkpoint, ``rollback`` (any failure before that) puts them back."""
+
+    def __init__(self, out: Path, enabled: bool) -> None:
+        self.out, self.enabled = out, enabled
+        self.aside = out / PREVIOUS_RUN
+        self.committed = False
+
+    def begin(self, names: Sequence[str]) -> None:
+        with output_errors(self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not self.enabled:
+                return
+            check_writable_folder(self.out)
+            names = [*names, *(name for name in RUN_FOLDERS if (self.out / name).is_dir())]
+            if names:
+                self.aside.mkdir()
+            for name in names:
+                os.replace(self.out / name, self.aside / name)
+
+    def commit(self) -> None:
+        if self.enabled and not self.committed:
+            self.committed = True
+            shutil.rmtree(self.aside, ignore_errors=True)
+
+    def rollback(self) -> None:
+        if self.enabled and not self.committed:
+            try:
+                restore_previous_run(self.out)
+            except OSError:
+                pass  # the old run stays in .previous-run; the next train in this folder puts it back
+
+
+def restore_previous_run(out: Path) -> None:
+    """Put the run kept in RUN_DIR/.previous-run back, removing what a failed new run wrote."""
+    aside = out / PREVIOUS_RUN
+    if not aside.is_dir():
+        return
+    for name in (*RUN_FILES, *RUN_FOLDERS):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
+    for path in aside.iterdir():
+        os.replace(path, out / path.name)
+    aside.rmdir()
+
+
+def recover_run_dir(out: Path) -> None:
+    """After a kill during --overwrite: the old run comes back if the new one never wrote last.pt."""
+    if (out / PREVIOUS_RUN).is_dir():
+        if (out / "last.pt").is_file():
+            shutil.rmtree(out / PREVIOUS_RUN, ignore_errors=True)
+        else:
+            restore_previous_run(out)
+
+
+def prepare_run_dir(config: TrainConfig, is_main: bool) -> RunDirSwap:
+    """Refuse to mix two runs in one folder; with --overwrite, move the old run aside (see RunDirSwap)."""
     out = Path(config.out)
-    existing = check_run_dir(config)
-    if is_main and not config.resume:
-        for name in existing:
-            (out / name).unlink()
-        if (out / "tensorboard").is_dir():
-            shutil.rmtree(out / "tensorboard")
-        out.mkdir(parents=True, exist_ok=True)
+    swap = RunDirSwap(out, enabled=is_main and not config.resume)
+    if is_main:
+        if out.is_dir():
+            recover_run_dir(out)
+        swap.begin(check_run_dir(config))
+    return swap
 
 
 def train(request: TrainConfig | Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
@@ -397,12 +466,18 @@ def train(request: TrainConfig | Mapping[str, Any] | Sequence[str]) -> dict[str,
     owns_group = not (dist.is_available() and dist.is_initialized())
     env = distributed.setup(config.device)
     try:
-        prepare_run_dir(config, env.is_main)
-        distributed.barrier()  # the old run's files are gone before anyone writes
-        trainer = Trainer(config, env)
-        if config.resume:
-            trainer.restore(load_checkpoint(Path(config.out) / "last.pt"), str(Path(config.out) / "last.pt"))
-        return trainer.fit()
+        _local_batch(config.batch_size, env.world_size)
+        split_for(config)  # the data is checked before the old run is touched
+        swap = prepare_run_dir(config, env.is_main)
+        distributed.barrier()  # the old run's files are out of the way before anyone writes
+        try:
+            trainer = Trainer(config, env, on_checkpoint=swap.commit)
+            if config.resume:
+                trainer.restore(load_checkpoint(Path(config.out) / "last.pt"), str(Path(config.out) / "last.pt"))
+            return trainer.fit()
+        except BaseException:
+            swap.rollback()
+            raise
     finally:
         if owns_group:
             distributed.cleanup()

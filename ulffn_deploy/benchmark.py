@@ -1,62 +1,69 @@
-"""One benchmark over every backend x precision x batch size this machine can run (ARCHITECTURE.md, Checking).
+"""One benchmark over every registered target x precision x batch size (docs/architecture.md, Checking).
 
-Rows: PyTorch eager FP32 from the checkpoint (the baseline of every speed-up and the reference of every
-agreement), PyTorch FP16 (autocast) when CUDA is there, ONNX Runtime on each ``model.<precision>.onnx``
-(and ``.ort.onnx`` offline models when present), TensorRT on each ``model.<precision>.engine`` (built
-from the ONNX file when missing) when TensorRT and a GPU are there. What cannot run here is listed as
-skipped with the reason. Writes ``benchmark.md``, ``benchmark.json`` and ``benchmark.png``.
+Rows come from the target registry: PyTorch FP32 from the checkpoint first (the baseline of every
+speed-up and the reference of every agreement), then every target x precision: its built artifact
+(``model.<precision><build suffix>``, built from ``model.<precision>.onnx`` when missing and the target
+builds here) and any other file of the target's suffixes (the exported ``model.<precision>.onnx`` for
+ONNX Runtime). What cannot run here is listed as skipped with the target's own reason.
 
-Needs torch (the reference); matplotlib only for the plot, imported when it is drawn.
+Accuracy goes through the evaluation harness (``ulffn_deploy.harness``): mask agreement and p99
+probability error against PyTorch FP32, label Dice, and the verdict of the precision's tolerance row.
+The reference runs once; its outputs are replayed for every row.
+
+A latency cell is trusted only with at least ``MIN_CALLS`` timed calls over ``MIN_SECONDS``, and a
+p99/median ratio of at most ``MAX_SPREAD``; other cells are flagged in the table (``--quick`` cells
+always are). Writes ``benchmark.md``, ``benchmark.json`` and ``benchmark.png``. Needs torch (the
+reference); matplotlib only for the plot.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import os
 import platform
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import atomic_path, write_json_atomic, write_text_atomic
-from ulffn_deploy.latency import Schedule
-from ulffn_deploy.metrics import image_metrics
-from ulffn_deploy.preprocess import probabilities_to_masks
-from ulffn_deploy.devices import cpu_name
-from ulffn_deploy.verify import (
-    Item,
-    Preparation,
-    find_images,
-    iterate_batches,
-    latency_batch,
-    measure_latency,
-    open_runner,
-)
+from ulffn_deploy.latency import Schedule, measure
 
-PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
+if TYPE_CHECKING:
+    from ulffn_deploy.harness import ImageSource
+    from ulffn_deploy.runtime import Segmenter
+    from ulffn_deploy.targets.registry import Target
+
 DEFAULT_BATCH_SIZES = (1, 4, 8)
 QUICK_SCHEDULE = Schedule(warmup_ms=100.0, iterations=3, duration_s=0.0)
 QUICK_IMAGES = 4
-LIBRARIES = ("numpy", "onnxruntime", "torch", "tensorrt", "polygraphy")
+ACCURACY_BATCH = 4
+MIN_CALLS = 10  # a trusted latency cell has at least this many timed calls ...
+MIN_SECONDS = 2.0  # ... over at least this many seconds ...
+MAX_SPREAD = 1.5  # ... and p99 / median at most this
+LIBRARIES = ("numpy", "onnxruntime", "openvino", "torch", "tensorrt", "polygraphy")
 
 
 @dataclass
 class Candidate:
-    """One artifact to benchmark, how to open it, and why it cannot run here (``skip``)."""
+    """One artifact to benchmark, its target, and why it cannot run here (``skip``)."""
 
-    name: str
-    backend: str
+    target: Target
     precision: str
     path: Path
-    options: dict[str, Any] = field(default_factory=dict)
     skip: str | None = None
-    context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+
+    @property
+    def name(self) -> str:
+        """The target's title; "(built)" for its build output where it also runs other files (ONNX Runtime)."""
+        suffix = self.target.build_suffix
+        built = (suffix is not None and self.path.name.endswith(suffix)
+                 and any(other != suffix and suffix.endswith(other) for other in self.target.suffixes))
+        return self.target.title + (" (built)" if built else "")
 
 
 # -- machine ------------------------------------------------------------------------------------------
@@ -81,10 +88,13 @@ def _cuda_device() -> str | None:
 
 
 def machine_description() -> dict[str, Any]:
-    """CPU model and cores, GPU (through torch) and library versions: the header of every result."""
+    """CPU model, cores and ISA features, GPU (through torch) and library versions: every result's header."""
+    from ulffn_deploy.devices import cpu_features, cpu_name
+
     return {
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
+        "cpu_features": cpu_features(),
         "gpu": _cuda_device(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -94,169 +104,179 @@ def machine_description() -> dict[str, Any]:
 
 # -- candidates ---------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _torch_fp32_exact() -> Iterator[None]:
-    """Full FP32 convolutions on CUDA (PyTorch would use TF32 on Ampere and newer)."""
-    import torch
+def _build_missing(target: Target, artifact: Path, source: Path, log: Callable[[str], None]) -> str | None:
+    """Build ``artifact`` from ``source`` with the registry's build (as build-engine does); why not, or None."""
+    from ulffn_deploy.targets.registry import build
 
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    log(f"building {artifact.name} from {source.name} ({target.name})")
     try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        build(target.name, source, artifact)
+    except UlffnError as exc:
+        return f"could not build {artifact.name}: {exc.message}"
+    return None
 
 
-def _autocast_fp16() -> contextlib.AbstractContextManager[Any]:
-    import torch
+def _target_candidates(target: Target, folder: Path, build: bool, log: Callable[[str], None]) -> list[Candidate]:
+    """The rows of one file-based target: per precision its files in ``folder`` and its build output (built
+    from ``model.<precision>.onnx`` when missing and ``build``)."""
+    from ulffn_deploy.targets.registry import ARTIFACT_PREFIX, PRECISIONS
 
-    return torch.autocast("cuda", dtype=torch.float16)
-
-
-def _torch_candidates(checkpoint: Path) -> list[Candidate]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return [Candidate("PyTorch eager", "pytorch", "fp32", checkpoint, {"device": "cpu"}),
-                Candidate("PyTorch eager", "pytorch", "fp16", checkpoint, skip="needs a CUDA GPU (no FP16 on CPU)")]
-    return [Candidate("PyTorch eager", "pytorch", "fp32", checkpoint, {"device": "cuda"}, context=_torch_fp32_exact),
-            Candidate("PyTorch eager (autocast)", "pytorch", "fp16", checkpoint, {"device": "cuda"},
-                      context=_autocast_fp16)]
-
-
-def _ort_candidates(folder: Path) -> list[Candidate]:
-    import onnxruntime as ort
-
-    device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_device() else "cpu"
+    reason = target.unavailable_reason()
     rows = []
     for precision in PRECISIONS:
-        path = folder / f"model.{precision}.onnx"
-        making = "ulffn-deploy calibrate" if precision == "int8" else "ulffn-deploy export"
-        skip = None if path.is_file() else f"{path.name} not found (make it with '{making}')"
-        rows.append(Candidate("ONNX Runtime", "onnxruntime", precision, path, {"device": device}, skip))
-        offline = folder / f"model.{precision}.ort.onnx"
-        if offline.is_file():
-            rows.append(Candidate("ONNX Runtime (offline-optimised)", "onnxruntime", precision, offline, {"device": device}))
-    return rows
+        stem = f"{ARTIFACT_PREFIX}{precision}"
+        existing = [p for p in sorted(folder.glob(stem + ".*")) if p.is_file() and not p.name.endswith(".json")
+                    and _is_of(p, target)]
+        if target.builds:
+            built = folder / (stem + str(target.build_suffix))
+            if built not in existing:
+                skip = reason or _missing_reason(built, folder / f"{stem}.onnx", build, target, log)
+                if skip:
+                    rows.append(Candidate(target, precision, built, skip))
+                else:
+                    existing.append(built)
+        elif not existing:
+            missing = f"{stem}{target.suffixes[0]}"
+            rows.append(Candidate(target, precision, folder / missing, reason or f"no {missing} in {folder}"))
+        rows += [Candidate(target, precision, path, reason or target.artifact_problem(path)) for path in existing]
+    return sorted(rows, key=lambda c: (PRECISIONS.index(c.precision), len(c.path.name)))
 
 
-def _build_engine(onnx_path: Path, engine_path: Path) -> None:
-    """Build a missing engine with the export stage's builder (the same as 'ulffn-deploy build-engine')."""
-    from ulffn_deploy.targets.tensorrt import build_tensorrt_engine
+def _is_of(path: Path, target: Target) -> bool:
+    from ulffn_deploy.targets.registry import target_for_path
 
-    build_tensorrt_engine(onnx_path, engine_path)
-
-
-def _trt_candidates(folder: Path, build: bool, log: Callable[[str], None]) -> list[Candidate]:
-    from ulffn_deploy.devices import tensorrt_unavailable_reason
-
-    reason = tensorrt_unavailable_reason()
-    rows = []
-    for precision in PRECISIONS:
-        engine, source = folder / f"model.{precision}.engine", folder / f"model.{precision}.onnx"
-        skip = reason
-        if skip is None and not engine.is_file():
-            if not (build and source.is_file()):
-                skip = f"{engine.name} not found, nor {source.name} to build it from"
-            else:
-                log(f"building {engine} from {source.name}")
-                try:
-                    _build_engine(source, engine)
-                except (UlffnError, ImportError) as exc:
-                    skip = f"could not build {engine.name}: {exc}"
-        rows.append(Candidate("TensorRT", "tensorrt", precision, engine, skip=skip))
-    return rows
+    try:
+        return target_for_path(path) is target
+    except UlffnError:
+        return False
 
 
-def find_candidates(folder: Path, checkpoint: Path, build_engines: bool = True, backends: Sequence[str] = BACKENDS,
+def _missing_reason(built: Path, source: Path, build: bool, target: Target, log: Callable[[str], None]) -> str | None:
+    if not source.is_file():
+        making = "ulffn-deploy calibrate" if ".int8." in source.name else "ulffn-deploy export"
+        return f"{built.name} not found, nor {source.name} to build it from (make it with '{making}')"
+    if not build:
+        return f"{built.name} not found (building is off: --no-build)"
+    return _build_missing(target, built, source, log)
+
+
+def find_candidates(folder: Path, checkpoint: Path, build: bool = True, backends: Sequence[str] | None = None,
                     log: Callable[[str], None] = lambda message: None) -> list[Candidate]:
-    """Every backend x precision, in table order, each runnable or with its skip reason. PyTorch FP32
-    always runs: it is the baseline and the reference."""
-    unknown = sorted(set(backends) - set(BACKENDS))
+    """PyTorch FP32 (always: the baseline and reference), then every registered target x precision, each
+    runnable or with its skip reason; ``backends`` limits which targets run (the others are listed skipped)."""
+    from ulffn_deploy.targets.registry import names, target_for_path, targets
+
+    unknown = sorted(set(backends or ()) - set(names()))
     if unknown:
-        raise UlffnError(f"unknown backend(s) {', '.join(unknown)}", f"choose from {', '.join(BACKENDS)}")
-    candidates = _torch_candidates(checkpoint)
-    if "onnxruntime" in backends:
-        candidates += _ort_candidates(folder)
-    if "tensorrt" in backends:
-        candidates += _trt_candidates(folder, build_engines, log)
-    for candidate in candidates[1:]:
-        if candidate.backend not in backends and not candidate.skip:
-            candidate.skip = "not selected (--backends)"
-    return candidates
+        raise UlffnError(f"unknown backend(s) {', '.join(unknown)}", f"choose from {', '.join(names())}")
+    rows = [Candidate(target_for_path(checkpoint), "fp32", checkpoint)]
+    for target in targets():
+        if target.name == "pytorch":
+            continue
+        if not target.needs_file:
+            rows.append(Candidate(target, "-", folder, f"{target.title} serves over a URL; benchmark its server "
+                                                           "with its own tools"))
+            continue
+        if backends is not None and target.name not in backends:
+            rows.append(Candidate(target, "-", folder, "not selected (--backends)"))
+            continue
+        rows += [row for row in _target_candidates(target, folder, build, log) if row.path != checkpoint]
+    return rows
 
 
 # -- measuring ----------------------------------------------------------------------------------------
 
-@dataclass
-class Outputs:
-    """What accuracy needs from one runner: network-resolution masks and, with labels, label Dice per image."""
+class _Replay:
+    """The reference's outputs, computed once per distinct batch and replayed for every row's comparison."""
 
-    masks: list[np.ndarray]
-    label_dice: list[float] | None
-
-
-def predict_outputs(runner: Any, items: Sequence[Item], prep: Preparation, batch_size: int) -> Outputs:
-    masks: list[np.ndarray] = []
-    dice: list[float] = []
-    for _, batch, placements, truths in iterate_batches(items, batch_size, prep):
-        probabilities = runner.infer(batch)
-        masks.extend(p[1] > 0.5 for p in probabilities)
-        if all(t is not None for t in truths):
-            originals = probabilities_to_masks(probabilities, placements)
-            dice.extend(image_metrics(m, t)["dice"] for m, t in zip(originals, truths))
-    return Outputs(masks, dice if len(dice) == len(masks) else None)
-
-
-def mean_mask_agreement(reference: Outputs, outputs: Outputs) -> float:
-    """Mean Dice between the two runners' masks, image by image."""
-    return float(np.mean([image_metrics(m, r)["dice"] for m, r in zip(outputs.masks, reference.masks)]))
-
-
-class _InContext:
-    """A runner whose ``infer`` runs inside a context (autocast, TF32 off), for the latency loop too."""
-
-    def __init__(self, runner: Any, context: Callable[[], contextlib.AbstractContextManager[Any]]) -> None:
-        self._runner, self._context = runner, context
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        with self._context():
-            return self._runner.infer(batch)
+    def __init__(self, reference: Segmenter) -> None:
+        self._reference = reference
+        self._outputs: dict[bytes, np.ndarray] = {}
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._runner, name)
+        return getattr(self._reference, name)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        key = hashlib.sha1(np.ascontiguousarray(batch).tobytes()).digest()
+        if key not in self._outputs:
+            self._outputs[key] = self._reference.infer(batch)
+        return self._outputs[key]
 
 
-def _latency_cells(runner: Any, items: Sequence[Item], prep: Preparation, batch_sizes: Sequence[int],
+def cell_flags(result: Mapping[str, Any]) -> list[str]:
+    """Why a latency cell is not to be trusted: too few calls or seconds, or a wide spread; [] when it is."""
+    host = result["series"]["host"]
+    flags = []
+    if result["iterations"] < MIN_CALLS:
+        flags.append(f"{result['iterations']} calls < {MIN_CALLS}")
+    if result["walltime_s"] < MIN_SECONDS:
+        flags.append(f"{result['walltime_s']:.1f} s < {MIN_SECONDS:g} s")
+    if host["median"] > 0 and host["p99"] / host["median"] > MAX_SPREAD:
+        flags.append(f"p99/median {host['p99'] / host['median']:.1f} > {MAX_SPREAD:g}")
+    return flags
+
+
+def _step(segmenter: Segmenter, batch: np.ndarray) -> Callable[[], None]:
+    def step() -> None:
+        segmenter.infer(batch)
+
+    return step
+
+
+def _latency_cells(segmenter: Segmenter, source: ImageSource, fit_mode: str | None, batch_sizes: Sequence[int],
                    schedule: Schedule) -> list[dict[str, Any]]:
+    from ulffn_deploy.harness import preprocessing_of
+
     cells = []
     for size in batch_sizes:
         try:
-            result = measure_latency(runner, latency_batch(items, size, prep), schedule)
+            batch = source.input_batch(size, preprocessing_of(segmenter, fit_mode))
+            result = measure(_step(segmenter, batch), size, schedule)
         except UlffnError as exc:
-            cells.append({"batch_size": size, "status": "skipped", "reason": str(exc)})
+            cells.append({"batch_size": size, "status": "skipped", "reason": exc.message})
             continue
         host = result["series"]["host"]
         cells.append({"batch_size": size, "status": "ok", "median_ms": host["median"], "p99_ms": host["p99"],
-                      "throughput": result["throughput"], "latency": result})
+                      "throughput": result["throughput"], "flags": cell_flags(result), "latency": result})
     return cells
 
 
-def run_candidate(candidate: Candidate, items: Sequence[Item], prep: Preparation, batch_sizes: Sequence[int],
-                  schedule: Schedule, reference: Outputs | None) -> tuple[dict[str, Any], Outputs | None]:
-    """Accuracy and latency of one candidate, and its outputs (the reference's, for the first row)."""
-    row: dict[str, Any] = {"name": candidate.name, "backend": candidate.backend, "precision": candidate.precision,
-                           "path": str(candidate.path)}
-    if candidate.skip:
-        return {**row, "status": "skipped", "reason": candidate.skip}, None
-    with open_runner(candidate.path, **candidate.options) as opened:
-        runner = _InContext(opened, candidate.context)
-        outputs = predict_outputs(runner, items, prep, max(batch_sizes))
-        row.update(status="ok", device=_device_of(opened.info), size_mb=candidate.path.stat().st_size / 1e6,
-                   mask_agreement=1.0 if reference is None else mean_mask_agreement(reference, outputs),
-                   label_dice=float(np.mean(outputs.label_dice)) if outputs.label_dice is not None else None,
-                   batches=_latency_cells(runner, items, prep, batch_sizes, schedule))
-    return row, outputs
+def _precision_label(segmenter: Segmenter) -> str:
+    """The file's precision, and what really computes when that differs (``fp16 (runs bf16)``)."""
+    runs = segmenter.info.get("runs_as")
+    return segmenter.precision if not runs or runs == segmenter.precision else f"{segmenter.precision} (runs {runs})"
+
+
+def run_candidate(candidate: Candidate, reference: _Replay | None, source: ImageSource, fit_mode: str | None,
+                  batch_sizes: Sequence[int], schedule: Schedule, open_options: Mapping[str, Any]) -> dict[str, Any]:
+    """Accuracy (against ``reference``; None for the reference itself) and latency of one candidate."""
+    from ulffn_deploy.harness import check, compare, passed, tolerance_for
+    from ulffn_deploy.runtime import Segmenter
+
+    row = _row_head(candidate)
+    with Segmenter.load(candidate.path, candidate.target.name, **open_options) as segmenter:
+        row.update(status="ok", precision=_precision_label(segmenter), device=_device_of(segmenter.info),
+                   size_mb=_size_mb(candidate.path))
+        if reference is not None:
+            comparison = compare(reference, segmenter, source, ACCURACY_BATCH, fit_mode)  # type: ignore[arg-type]
+            checks = check(comparison, tolerance_for(segmenter.precision))
+            row.update(mask_agreement=comparison.mask_dice, p99_abs_diff=comparison.p99_abs_diff,
+                       label_dice=(comparison.metrics or {}).get("candidate", {}).get("dice"),
+                       label_dice_drop=comparison.label_dice_drop, passed=passed(checks),
+                       checks=[c.to_dict() for c in checks])
+        row["batches"] = _latency_cells(segmenter, source, fit_mode, batch_sizes, schedule)
+    return row
+
+
+def _size_mb(path: Path) -> float:
+    """The artifact's size with the files it needs (OpenVINO's .bin beside its .xml)."""
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return (path.stat().st_size + (weights.stat().st_size if weights and weights.is_file() else 0)) / 1e6
+
+
+def _row_head(candidate: Candidate) -> dict[str, Any]:
+    return {"name": candidate.name, "backend": candidate.target.name, "precision": candidate.precision,
+            "path": candidate.path.name}
 
 
 def _device_of(info: Mapping[str, Any]) -> str:
@@ -266,19 +286,21 @@ def _device_of(info: Mapping[str, Any]) -> str:
     providers = info.get("providers")
     if providers:
         return str(providers[0]).replace("ExecutionProvider", "").lower()
-    return str(info.get("device", "cpu"))
+    return str(info.get("device", "cpu")).lower()
 
 
-def add_derived(rows: list[dict[str, Any]], gflops_per_image: float) -> None:
+def add_derived(rows: list[dict[str, Any]], gflops_per_image: float | None) -> None:
     """Speed-up against the first row (PyTorch FP32) at the same batch size, and achieved GFLOP/s."""
-    baseline = {c["batch_size"]: c["median_ms"] for c in rows[0].get("batches", []) if c["status"] == "ok"}
+    baseline = {c["batch_size"]: c for c in rows[0].get("batches", []) if c["status"] == "ok"}
     for row in rows:
         for cell in row.get("batches", []):
             if cell["status"] != "ok":
                 continue
             base = baseline.get(cell["batch_size"])
-            cell["speedup"] = base / cell["median_ms"] if base else None
-            cell["gflops_per_s"] = gflops_per_image * cell["batch_size"] / (cell["median_ms"] / 1e3)
+            cell["speedup"] = base["median_ms"] / cell["median_ms"] if base else None
+            cell["speedup_flagged"] = bool(base is None or base["flags"] or cell["flags"])
+            cell["gflops_per_s"] = (gflops_per_image * cell["batch_size"] / (cell["median_ms"] / 1e3)
+                                    if gflops_per_image else None)
 
 
 # -- the whole run ------------------------------------------------------------------------------------
@@ -293,70 +315,118 @@ def run_benchmark(
     num_images: int | None = None,
     reference: str | os.PathLike[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
-    build_engines: bool = True,
-    backends: Sequence[str] = BACKENDS,
+    source: ImageSource | None = None,
+    fit_mode: str | None = None,
+    build: bool = True,
+    backends: Sequence[str] | None = None,
+    threads: int | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Benchmark everything under ``artifacts_dir``; write benchmark.{md,json,png} to ``out_dir``
-    (``artifacts_dir/benchmark`` by default) and return the results."""
-    from ulffn_deploy.config import ModelConfig, Normalization
-    from ulffn_deploy.model import model_info
-    from ulffn_deploy.checkpoint import load_checkpoint
+    (``artifacts_dir/benchmark`` by default) and return the results. ``source`` replaces the images of
+    ``data_dir``; ``threads`` sets the CPU threads of every CPU backend (their default: all cores)."""
+    from ulffn_deploy.harness import find_images
+    from ulffn_deploy.runtime import Segmenter
+    from ulffn_deploy.verify import default_reference
 
     folder = Path(artifacts_dir)
-    checkpoint = Path(reference) if reference else folder / "run" / "best.pt"
+    checkpoint = Path(reference) if reference else default_reference(folder)
     if not checkpoint.is_file():
-        raise UlffnError(f"{checkpoint}: no reference checkpoint", "run 'ulffn-deploy quickstart', or pass --reference")
+        raise UlffnError(f"{checkpoint}: no reference checkpoint", "run 'ulffn-deploy quickstart', or pass --reference "
+                         "(a checkpoint, or the model.fp32.onnx of a model imported with 'ulffn-deploy import-model')")
     if not batch_sizes or min(batch_sizes) < 1:
         raise UlffnError(f"batch sizes {list(batch_sizes)} must be positive integers")
     schedule = schedule or (QUICK_SCHEDULE if quick else Schedule())
-    items, description = find_images(data_dir or folder / "data", limit=num_images or (QUICK_IMAGES if quick else None))
-    saved = load_checkpoint(checkpoint)
-    prep = Preparation(int(saved["input_size"]), str(saved["fit_mode"]), Normalization.from_dict(saved["normalization"]))
-    info = model_info(ModelConfig.from_dict(saved["model_config"]), prep.size)
+    images = source or find_images(data_dir or folder / "data", limit=num_images or (QUICK_IMAGES if quick else None))
+    info = reference_info(checkpoint)
     rows: list[dict[str, Any]] = []
-    reference_outputs: Outputs | None = None
-    for candidate in find_candidates(folder, checkpoint, build_engines, backends, log):
-        log(f"{candidate.name} {candidate.precision}: " + (f"skipped ({candidate.skip})" if candidate.skip else "running"))
-        row, produced = _run_logged(candidate, items, prep, batch_sizes, schedule, reference_outputs)
-        if reference_outputs is None:  # the first row is PyTorch FP32, the reference
-            if produced is None:
-                raise UlffnError(f"the PyTorch reference could not run: {row.get('reason')}")
-            reference_outputs = produced
-        rows.append(row)
+    with Segmenter.load(checkpoint) as torch_reference:
+        replay = _Replay(torch_reference)
+        for candidate in find_candidates(folder, checkpoint, build, backends, log):
+            log(f"{candidate.name} {candidate.precision}: " + (f"skipped ({candidate.skip})" if candidate.skip else "running"))
+            rows.append(_run_logged(candidate, None if not rows else replay, images, fit_mode, batch_sizes, schedule,
+                                    _open_options(candidate.target.name, threads)))
+    if rows[0]["status"] != "ok":
+        raise UlffnError(f"the reference could not run: {rows[0].get('reason')}")
     add_derived(rows, info["gflops"])
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(),
         "model": {**info, "checkpoint": str(checkpoint)},
-        "settings": {"data": description, "num_images": len(items), "fit_mode": prep.fit_mode,
-                     "input_size": prep.size, "batch_sizes": list(batch_sizes), "schedule": schedule.describe(),
-                     "quick": quick},
+        "settings": {"data": images.description, "num_images": len(images), "fit_mode": fit_mode or "full",
+                     "input_size": info["input_size"], "batch_sizes": list(batch_sizes),
+                     "schedule": schedule.describe(), "quick": quick, "threads": threads,
+                     "trusted_cell": {"min_calls": MIN_CALLS, "min_seconds": MIN_SECONDS, "max_p99_over_median": MAX_SPREAD}},
         "rows": rows,
     }
     write_results(results, Path(out_dir) if out_dir else folder / "benchmark")
     return results
 
 
-def _run_logged(candidate: Candidate, items: Sequence[Item], prep: Preparation, batch_sizes: Sequence[int],
-                schedule: Schedule, reference: Outputs | None) -> tuple[dict[str, Any], Outputs | None]:
+def reference_info(reference: Path) -> dict[str, Any]:
+    """The model row of the results: ULFFN's parameters and GFLOPs from a checkpoint; for another model's
+    reference artifact (``import-model``), its name and input size (GFLOPs unknown)."""
+    if reference.suffix.lower() != ".pt":
+        from ulffn_deploy.runtime.metadata import read_metadata
+
+        meta = read_metadata(reference)
+        return {"name": meta.model_name, "input_size": meta.input_size, "gflops": None}
+    from ulffn_deploy.checkpoint import load_checkpoint
+    from ulffn_deploy.config import ModelConfig
+    from ulffn_deploy.model import model_info
+
+    saved = load_checkpoint(reference)
+    return model_info(ModelConfig.from_dict(saved["model_config"]), int(saved["input_size"]))
+
+
+def _open_options(target: str, threads: int | None) -> dict[str, Any]:
+    """Segmenter options that make CPU rows comparable: the same thread count for every CPU backend."""
+    if not threads:
+        return {}
+    if target in ("onnxruntime", "openvino"):
+        return {"threads": threads}
+    if target == "pytorch":
+        import torch
+
+        torch.set_num_threads(threads)
+    return {}
+
+
+def _run_logged(candidate: Candidate, reference: _Replay | None, source: ImageSource, fit_mode: str | None,
+                batch_sizes: Sequence[int], schedule: Schedule, options: Mapping[str, Any]) -> dict[str, Any]:
     """``run_candidate``, with a failure of one backend recorded in its row rather than ending the run."""
+    if candidate.skip:
+        return {**_row_head(candidate), "status": "skipped", "reason": candidate.skip}
     try:
-        return run_candidate(candidate, items, prep, batch_sizes, schedule, reference)
+        return run_candidate(candidate, reference, source, fit_mode, batch_sizes, schedule, options)
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, UlffnError) else f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-        return {"name": candidate.name, "backend": candidate.backend, "precision": candidate.precision,
-                "path": str(candidate.path), "status": "failed", "reason": reason}, None
+        reason = exc.message if isinstance(exc, UlffnError) else f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        return {**_row_head(candidate), "status": "failed", "reason": reason}
 
 
 # -- output -------------------------------------------------------------------------------------------
 
 COLUMNS = ("Backend", "Precision", "Device", "Size (MB)", "Batch", "Median (ms)", "p99 (ms)", "Throughput (img/s)",
-           "Speed-up", "GFLOP/s", "Mask agreement", "Label Dice", "Status")
+           "Speed-up", "GFLOP/s", "Mask agreement", "p99 prob. error", "Label Dice", "Tolerance", "Latency flags")
 
 
 def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _verdict(row: Mapping[str, Any]) -> str:
+    if "passed" not in row:
+        return "reference"
+    return "pass" if row["passed"] else "FAIL"
+
+
+def _cell_line(row: Mapping[str, Any], cell: Mapping[str, Any]) -> str:
+    mark = " ⚠" if cell["flags"] else ""
+    speedup = "-" if cell.get("speedup") is None else f"{cell['speedup']:.2f}x" + (" ⚠" if cell["speedup_flagged"] else "")
+    return (f" {cell['median_ms']:.2f}{mark} | {cell['p99_ms']:.2f} | {cell['throughput']:.1f} | {speedup} | "
+            f"{_num(cell.get('gflops_per_s'), 1)} | {_num(row.get('mask_agreement', 1.0), 4)} | "
+            f"{_num(row.get('p99_abs_diff', 0.0), 4)} | {_num(row.get('label_dice'), 4)} | {_verdict(row)} | "
+            f"{'; '.join(cell['flags']) or 'ok'} |")
 
 
 def _table_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -367,32 +437,39 @@ def _table_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             lines.append(head + " - |" * (len(COLUMNS) - 3) + f" {row['status']}: {row['reason']} |")
             continue
         for cell in row["batches"]:
-            common = (f" {row['device']} | {row['size_mb']:.2f} | {cell['batch_size']} |")
+            common = f" {row['device']} | {row['size_mb']:.2f} | {cell['batch_size']} |"
             if cell["status"] != "ok":
                 lines.append(head + common + " - |" * (len(COLUMNS) - 6) + f" skipped: {cell['reason']} |")
                 continue
-            speedup = "-" if cell.get("speedup") is None else f"{cell['speedup']:.2f}x"
-            lines.append(head + common + f" {cell['median_ms']:.2f} | {cell['p99_ms']:.2f} | {cell['throughput']:.1f} | "
-                         f"{speedup} | {_num(cell.get('gflops_per_s'), 1)} | {_num(row['mask_agreement'], 4)} | "
-                         f"{_num(row['label_dice'], 4)} | ok |")
+            lines.append(head + common + _cell_line(row, cell))
     return lines
 
 
 def format_markdown(results: Mapping[str, Any]) -> str:
     machine, model, settings = results["machine"], results["model"], results["settings"]
     libraries = ", ".join(f"{name} {version or 'not installed'}" for name, version in machine["libraries"].items())
+    features = machine.get("cpu_features")
+    trusted = settings.get("trusted_cell", {"min_calls": MIN_CALLS, "min_seconds": MIN_SECONDS,
+                                            "max_p99_over_median": MAX_SPREAD})
     lines = [
         "# ULFFN benchmark",
         "",
         f"- Date: {results['date']}",
-        f"- Machine: {machine['cpu']}, {machine['cores']} cores; GPU: {machine['gpu'] or 'none'}; {machine['platform']}",
+        f"- Machine: {machine['cpu']}, {machine['cores']} cores; CPU features: "
+        f"{', '.join(features) if features else 'unknown'}; GPU: {machine['gpu'] or 'none'}; {machine['platform']}",
         f"- Python {machine['python']}; {libraries}",
         (f"- Model: ULFFN {model['variant']} width {model['width']}, {model['parameters']:,} parameters, input 3x"
-        f"{model['input_size']}x{model['input_size']}, {model['gflops']:.3f} GFLOPs per image ({model['flop_convention']})"),
-        (f"- Accuracy on {settings['data']} (fit {settings['fit_mode']}); mask agreement = mean Dice against "
-        "PyTorch FP32 masks, label Dice = mean Dice against the labels"),
-        (f"- Latency: host wall time per call, {settings['schedule']} per batch size; speed-up = PyTorch FP32 "
-        "median / median at the same batch size; GFLOP/s = GFLOPs per image x batch / median"),
+         f"{model['input_size']}x{model['input_size']}, {model['gflops']:.3f} GFLOPs per image ({model['flop_convention']})"
+         if "variant" in model else f"- Model: {model['name']} (imported), input 3x{model['input_size']}x{model['input_size']}"),
+        (f"- Accuracy on {settings['data']} (fit {settings['fit_mode']}), through the evaluation harness: mask "
+         "agreement = mean Dice against PyTorch FP32 masks, p99 prob. error = 99th percentile of the lesion probability "
+         "difference, label Dice = mean Dice against the labels; Tolerance = the verdict of the precision's row of the "
+         "tolerance table (docs/architecture.md). Precision: the file's, and what runs when that differs"),
+        (f"- Latency: host wall time per call, {settings['schedule']} per batch size"
+         + (f", {settings['threads']} threads per CPU backend" if settings.get("threads") else "")
+         + "; speed-up = PyTorch FP32 median / median at the same batch size; GFLOP/s = GFLOPs per image x batch / median"),
+        (f"- ⚠ marks a latency cell not to be trusted: fewer than {trusted['min_calls']} timed calls, under "
+         f"{trusted['min_seconds']:g} s timed, or p99/median above {trusted['max_p99_over_median']:g} (see Latency flags)"),
         "",
         *_table_lines(results["rows"]),
         "",
@@ -408,12 +485,13 @@ def plot_points(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, float, flo
         if row["status"] == "ok" and cells:
             cell = min(cells, key=lambda c: c["batch_size"])
             points.append((f"{row['name']} {row['precision']} ({row['device']})",
-                           cell["median_ms"] / cell["batch_size"], row["mask_agreement"]))
+                           cell["median_ms"] / cell["batch_size"], row.get("mask_agreement", 1.0)))
     return points
 
 
 def write_plot(results: Mapping[str, Any], path: Path) -> None:
-    """Latency against mask agreement, one labelled point per artifact (matplotlib's Agg canvas, no pyplot)."""
+    """Latency against mask agreement. Points carry numbers only; a legend beside the axes names them, so
+    labels never overlap however close the points are (matplotlib's Agg canvas, no pyplot)."""
     from ulffn_deploy.deps import require
 
     require("matplotlib")
@@ -421,27 +499,32 @@ def write_plot(results: Mapping[str, Any], path: Path) -> None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import ScalarFormatter
 
-    figure = Figure(figsize=(8, 5), dpi=120)
+    points = sorted(plot_points(results["rows"]), key=lambda point: point[1])
+    figure = Figure(figsize=(11, 5.5), dpi=120)
     FigureCanvasAgg(figure)
     axes = figure.subplots()
-    points = plot_points(results["rows"])
-    for index, (label, latency, agreement) in enumerate(sorted(points, key=lambda point: point[1])):
-        axes.scatter(latency, agreement, s=40)
-        # labels of neighbouring points go alternately above and below, so that they do not overlap
-        axes.annotate(label, (latency, agreement), textcoords="offset points", xytext=(5, 6 if index % 2 else -12),
-                      fontsize=8)
+    markers = "osD^vP*Xh<>p"
+    for index, (label, latency, agreement) in enumerate(points, start=1):
+        axes.scatter(latency, agreement, s=50, marker=markers[(index - 1) % len(markers)], label=f"{index}: {label}",
+                     zorder=3)
+        # numbers alternate around their point, so that neighbours' numbers stay apart
+        offset = [(6, 6), (6, -12), (-14, 6), (-14, -12)][(index - 1) % 4]
+        axes.annotate(str(index), (latency, agreement), textcoords="offset points", xytext=offset, fontsize=8)
     latencies = [latency for _, latency, _ in points]
     log_scale = bool(latencies) and max(latencies) > 10 * min(latencies)
     if log_scale:
         axes.set_xscale("log")
         axes.xaxis.set_major_formatter(ScalarFormatter())
-    axes.margins(x=0.35, y=0.1)
+    axes.margins(x=0.15, y=0.15)
     axes.set_xlabel(f"median latency per image (ms{', log scale' if log_scale else ''}; smallest batch measured)")
     axes.set_ylabel("mask agreement with PyTorch FP32 (mean Dice)")
-    model = results["model"]
-    axes.set_title(f"ULFFN {model['variant']} w{model['width']}, {model['input_size']} px; "
-                   f"{results['machine']['cpu']}, GPU: {results['machine']['gpu'] or 'none'}", fontsize=9)
+    model, machine = results["model"], results["machine"]
+    title = f"ULFFN {model['variant']} w{model['width']}" if "variant" in model else str(model["name"])
+    axes.set_title(f"{title}, {model['input_size']} px; {machine['cpu']}, "
+                   f"GPU: {machine['gpu'] or 'none'}", fontsize=9)
     axes.grid(True, alpha=0.3)
+    if points:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, borderaxespad=0)
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")

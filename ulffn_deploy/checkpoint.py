@@ -14,19 +14,27 @@ Nothing in a checkpoint is a pickled Python object, so loading never runs code f
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ulffn_deploy import __version__
 from ulffn_deploy.config import ModelConfig
+from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import atomic_path
+from ulffn_deploy.runtime.metadata import check_input_size
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # every function here needs torch: without it, importing this module is the one-line install hint
+    torch = require("torch")
+    nn = torch.nn
 
 FORMAT = "ulffn-deploy-checkpoint"
 VERSION = 1
@@ -37,8 +45,10 @@ STATE_KEYS = ("state_dict", "optimizer", "scheduler", "scaler", "rng")  # tensor
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Mapping[str, Any]) -> None:
     """Write ``checkpoint`` (format marker and toolkit version added) to ``path`` atomically."""
     payload = {**checkpoint, "format": FORMAT, "version": VERSION, "toolkit_version": __version__}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)  # in memory first: torch's file writer reports a full disk without its errno
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def _read(path: Path) -> Any:
@@ -46,6 +56,9 @@ def _read(path: Path) -> Any:
         head = handle.read(4)
     if not (head.startswith(b"PK") or head.startswith(b"\x80")):  # torch.save's zip archive, or a pickle
         raise UlffnError(f"{path}: not a PyTorch checkpoint", "pass a best.pt or last.pt written by 'ulffn-deploy train'")
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        raise UlffnError(f"{path}: not a PyTorch checkpoint (starts like a zip archive but is not one)",
+                         "pass a best.pt or last.pt written by 'ulffn-deploy train'; the file may be truncated")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pickle-protocol notes about foreign files
@@ -76,6 +89,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [key for key in REQUIRED if key not in checkpoint]
     if missing:
         raise UlffnError(f"{path}: checkpoint lacks {', '.join(missing)}", "it may be truncated; use another copy")
+    check_input_size(checkpoint["input_size"], path)  # before evaluate or export allocate inputs of that size
     return checkpoint
 
 

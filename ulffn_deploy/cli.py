@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
+from typing import TextIO
 
 import click
 
@@ -25,15 +27,18 @@ COMMANDS = {
     "train": "train",
     "evaluate": "evaluate",
     "export": "export",
+    "import-model": "import_model",
     "lint-onnx": "lint_onnx",
     "calibrate": "calibrate",
     "build-engine": "build_engine",
     "predict": "predict",
     "verify": "verify",
     "benchmark": "benchmark",
+    "serve": "serve",
+    "benchmark-server": "benchmark_server",
+    "export-triton": "export_triton",
 }
 
-EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 
@@ -64,8 +69,22 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    try:
+        print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # stderr closed: warnings are not worth failing for
+
+
+def install_warning_format() -> None:
+    """Print Python warnings as one ``warning: ...`` line, without source paths."""
+    warnings.showwarning = _show_warning
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every error becomes one line on stderr and a non-zero exit code."""
+    install_warning_format()
     try:
         code = cli.main(args=argv, prog_name="ulffn-deploy", standalone_mode=False)
     except UlffnError as exc:

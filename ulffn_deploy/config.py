@@ -8,8 +8,11 @@ from typing import Any
 from ulffn_deploy.errors import UlffnError
 
 VARIANTS = ("w-ac", "w-a", "w-c", "wo-ac")
-OUTPUT_STRIDE = 8  # encoder units 1-3 downsample by 2, unit 4 does not (ULFFN.md)
+FIT_MODES = ("full", "paper")  # how an image fits the square input (docs/model.md, Fitting an image)
+PRECISIONS = ("fp32", "fp16", "int8")  # one ONNX file each (docs/architecture.md, Precision in the ONNX graph)
+OUTPUT_STRIDE = 8  # encoder units 1-3 downsample by 2, unit 4 does not (docs/model.md)
 DEFAULT_SIZE = 512
+MAX_INPUT_SIZE = 2048  # 4x the paper's 512: a bound on any input size read from a file (training, metadata)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,15 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import re
 import shutil
+import subprocess
+from pathlib import Path
 from types import ModuleType
 
 from ulffn_deploy.errors import UlffnError
 
+TENSORRT_RUNTIMES = ("auto", "full", "lean")
 TENSORRT_HINT = "pip install 'ulffn-deploy[tensorrt]' on a machine with an NVIDIA GPU"
 
 
@@ -29,8 +33,28 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+# /proc/cpuinfo flag -> name: the instruction sets that decide CPU inference speed (FP32, INT8, BF16/FP16)
+CPU_ISA_FLAGS = {
+    "avx2": "AVX2", "avx512f": "AVX-512", "avx_vnni": "AVX-VNNI", "avx512_vnni": "AVX512-VNNI",
+    "avx512_bf16": "AVX512-BF16", "avx512_fp16": "AVX512-FP16",
+    "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16", "amx_fp16": "AMX-FP16",
+}
+
+
+def cpu_features() -> list[str] | None:
+    """The inference-relevant ISA extensions of this CPU (``CPU_ISA_FLAGS`` names), None where /proc/cpuinfo
+    is not readable (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((set(line.split(":", 1)[1].split()) for line in handle if line.startswith("flags")), set())
+    except OSError:
+        return None
+    return [name for flag, name in CPU_ISA_FLAGS.items() if flag in flags]
+
+
 def import_tensorrt() -> ModuleType | None:
-    """The real ``tensorrt`` module, or None when it is absent (or only type stubs are installed)."""
+    """The real ``tensorrt`` module (the full TensorRT: builder and runtime), or None when it is absent (or only
+    type stubs are installed)."""
     try:
         trt = importlib.import_module("tensorrt")
     except ImportError:
@@ -38,15 +62,44 @@ def import_tensorrt() -> ModuleType | None:
     return trt if hasattr(trt, "Builder") and hasattr(trt, "__version__") else None
 
 
-def tensorrt_problem() -> str | None:
-    """Why TensorRT cannot be imported, or None."""
+def import_tensorrt_lean() -> ModuleType | None:
+    """The lean runtime (``tensorrt_lean``: runs version-compatible plans, builds nothing), or None."""
+    try:
+        trt = importlib.import_module("tensorrt_lean")
+    except ImportError:
+        return None
+    return trt if hasattr(trt, "Runtime") and hasattr(trt, "__version__") else None
+
+
+def import_tensorrt_runtime(choice: str = "auto") -> ModuleType | None:
+    """The module that runs engines: ``tensorrt`` when present, else ``tensorrt_lean`` ("auto"); or exactly
+    "full" or "lean". None when the chosen one is absent."""
+    if choice not in TENSORRT_RUNTIMES:
+        raise UlffnError(f"unknown TensorRT runtime {choice!r}", f"use one of {', '.join(TENSORRT_RUNTIMES)}")
+    if choice == "full":
+        return import_tensorrt()
+    if choice == "lean":
+        return import_tensorrt_lean()
+    return import_tensorrt() or import_tensorrt_lean()
+
+
+def is_lean(trt: ModuleType) -> bool:
+    return trt.__name__.split(".")[0] == "tensorrt_lean"
+
+
+def tensorrt_problem(build: bool = False) -> str | None:
+    """Why TensorRT cannot run engines (or, with ``build``, build them: that needs the full package), or None."""
+    if import_tensorrt() is not None or (not build and import_tensorrt_lean() is not None):
+        return None
     try:
         importlib.import_module("tensorrt")
     except ImportError as exc:
-        return f"the tensorrt package is not importable ({exc})"
-    if import_tensorrt() is None:
-        return "the tensorrt package is not importable (only its type stubs are installed)"
-    return None
+        why = f"the tensorrt package is not importable ({exc})"
+    else:
+        why = "the tensorrt package is not importable (only its type stubs are installed)"
+    if build and import_tensorrt_lean() is not None:
+        why += "; tensorrt_lean runs engines but cannot build them"
+    return why
 
 
 def gpu_problem() -> str | None:
@@ -64,19 +117,59 @@ def gpu_problem() -> str | None:
     return None
 
 
-def tensorrt_unavailable_reason() -> str | None:
-    """Everything missing for TensorRT on this machine, joined into one line; None when it is usable."""
-    problems = [p for p in (tensorrt_problem(), gpu_problem()) if p]
+def tensorrt_unavailable_reason(build: bool = False) -> str | None:
+    """Everything missing to run TensorRT engines here (``build``: to build them), joined into one line; None
+    when it is usable. Running needs ``tensorrt`` or ``tensorrt_lean``, building the full ``tensorrt``."""
+    problems = [p for p in (tensorrt_problem(build), gpu_problem()) if p]
     return "; ".join(problems) if problems else None
 
 
 def require_tensorrt(purpose: str, hint: str = TENSORRT_HINT) -> ModuleType:
-    """The tensorrt module when TensorRT and a GPU are usable; otherwise a one-line UlffnError for ``purpose``."""
-    reason = tensorrt_unavailable_reason()
+    """The full tensorrt module when it and a GPU are usable; otherwise a one-line UlffnError for ``purpose``."""
+    reason = tensorrt_unavailable_reason(build=True)
     trt = import_tensorrt()
     if reason or trt is None:
         raise UlffnError(f"cannot {purpose}: {reason}", hint)
     return trt
+
+
+# -- Jetson power state (for benchmark headers) ---------------------------------------------------------
+NVPMODEL_CONF = Path("/etc/nvpmodel.conf")
+CPU_FREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq")
+
+
+def parse_nvpmodel_query(text: str) -> str | None:
+    """``nvpmodel -q`` output ("NV Power Mode: MAXN" then the mode number) -> "MAXN (mode 0)"; None if absent."""
+    match = re.search(r"NV Power Mode\s*:\s*(\S+)", text)
+    if not match:
+        return None
+    number = re.search(r"^\s*(\d+)\s*$", text[match.end():], re.MULTILINE)
+    return f"{match.group(1)} (mode {number.group(1)})" if number else match.group(1)
+
+
+def jetson_power_mode() -> str | None:
+    """The Jetson power mode and whether the CPU clocks look pinned (``jetson_clocks``), in one line, or None
+    off Jetson (no ``nvpmodel`` and no /etc/nvpmodel.conf). For benchmark headers: Jetson latency depends on both."""
+    nvpmodel = shutil.which("nvpmodel")
+    if nvpmodel is None and not NVPMODEL_CONF.is_file():
+        return None
+    mode = None
+    if nvpmodel is not None:
+        try:
+            result = subprocess.run([nvpmodel, "-q"], capture_output=True, text=True, timeout=10, check=False)
+            mode = parse_nvpmodel_query(result.stdout + result.stderr)
+        except (OSError, subprocess.SubprocessError):
+            mode = None
+    return f"nvpmodel {mode or 'unknown'}; jetson_clocks {_clocks_pinned()}"
+
+
+def _clocks_pinned() -> str:
+    """"on" when the CPU's minimum frequency equals its maximum (what ``jetson_clocks`` sets), "off", or "unknown"."""
+    try:
+        low, high = ((CPU_FREQ / name).read_text().strip() for name in ("scaling_min_freq", "scaling_max_freq"))
+    except OSError:
+        return "unknown"
+    return "on" if low == high else "off"
 
 
 def machine_key() -> str:

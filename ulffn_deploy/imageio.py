@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +21,24 @@ def image_files(folder: str | os.PathLike[str], recursive: bool = False) -> list
     return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _open(path: str | os.PathLike[str]) -> Image.Image:
+def _open(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Image:
+    """The decoded image; with ``max_side`` a JPEG is decoded at the smallest scale (1/2 to 1/8) that keeps
+    its longer side at least ``max_side``. Images over Pillow's pixel limit are refused like corrupt ones."""
     try:
-        image = Image.open(path)
-        image.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused above the limit instead
+            image = Image.open(path)
+            if max_side is not None and image.format == "JPEG" and max(image.size) > max_side:
+                scale = max_side / max(image.size)
+                image.info[_FILE_SIZE] = image.size
+                image.draft("RGB", (math.ceil(image.size[0] * scale), math.ceil(image.size[1] * scale)))
+            image.load()
     except FileNotFoundError as exc:
         raise UlffnError(f"{path}: no such file") from exc
+    except Image.DecompressionBombError as exc:
+        size = "".join(c for c in str(exc).split(" pixels")[0] if c.isdigit()) or "?"
+        raise UlffnError(f"{path}: image too large ({size} pixels, over Pillow's limit of "
+                         f"{2 * (Image.MAX_IMAGE_PIXELS or 0)})", "downscale the image first") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UlffnError(f"{path}: not a readable image ({exc})", "check the file is a complete JPEG or PNG") from exc
     return image
@@ -42,7 +56,33 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
 
 def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     """HxWx3 uint8 RGB, upright (EXIF orientation applied), alpha composited on black."""
-    image = ImageOps.exif_transpose(_open(path))
+    return _to_rgb(ImageOps.exif_transpose(_open(path)))
+
+
+def read_rgb_reduced(path: str | os.PathLike[str], max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(HxWx3 uint8 RGB at most ``max_side`` on its longer side, the upright (height, width) of the file).
+
+    A large JPEG is decoded at reduced scale (never at full size in memory); other formats are decoded,
+    then reduced. Images already within ``max_side`` come back as ``read_rgb`` reads them.
+    """
+    image = _open(path, max_side)
+    full_w, full_h = image.info.get(_FILE_SIZE, image.size)
+    if image.getexif().get(_EXIF_ORIENTATION) in _EXIF_TRANSPOSED:
+        full_w, full_h = full_h, full_w
+    rgb = _to_rgb(ImageOps.exif_transpose(image))
+    if max(rgb.shape[:2]) > max_side:
+        reduced = Image.fromarray(rgb)
+        reduced.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+        rgb = np.asarray(reduced)
+    return rgb, (full_h, full_w)
+
+
+_FILE_SIZE = "ulffn.file_size"  # (width, height) in the file, kept in Image.info when draft() reduces it
+_EXIF_ORIENTATION = 0x0112
+_EXIF_TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         gray = _to_uint8(np.asarray(image))
         return np.repeat(gray[..., None], 3, axis=2)

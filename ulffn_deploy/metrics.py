@@ -1,4 +1,4 @@
-"""Segmentation metrics as the ISIC challenge scores them (ULFFN.md, paper equations 3-7).
+"""Segmentation metrics as the ISIC challenge scores them (docs/model.md, Metrics; the paper's equations 3-7).
 
 Per image, from its confusion matrix with lesion as the positive class; then the mean over images.
 A metric whose denominator is 0 scores 1 (the official scorer's rule: e.g. Jaccard and Dice when both

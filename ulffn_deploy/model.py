@@ -1,4 +1,4 @@
-"""ULFFN, the Upper and Lower Layers Feature Fusing Network (see ULFFN.md), in PyTorch.
+"""ULFFN, the Upper and Lower Layers Feature Fusing Network (see docs/model.md), in PyTorch.
 
 Resolutions for an input of H x W (both multiples of 8), base width w (64 in the paper):
 
@@ -18,7 +18,7 @@ Decode unit k therefore works at the resolution of code unit 5-k, so its "own le
 resampling, the shallower skips are average-pooled down to it, and three sub-pixel upsamplings take the
 decoder from H/8 back to H.
 
-Choices beyond ULFFN.md: the decoder's fusing "3x3 convolution block" is one Conv -> ReLU -> BN; the
+Choices beyond docs/model.md: the decoder's fusing "3x3 convolution block" is one Conv -> ReLU -> BN; the
 sub-pixel convolution is such a block too (to 4C) before PixelShuffle; variants without ASPP use a 3x3
 conv block from 16w to the ASPP's 4w, so the decoder is identical across variants; the ASPP image-pooling
 branch has no BatchNorm (it would see one value per channel at batch size 1).

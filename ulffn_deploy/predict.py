@@ -2,6 +2,13 @@
 
 Used by ``ulffn-deploy predict`` and by the quickstart; needs numpy, Pillow and the artifact's runtime only.
 Unreadable files are reported and skipped; the run goes on and the summary counts them.
+
+Outputs: each input gets a unique key in the run, so two inputs never write one mask. predictions.csv has
+one row per mask; rows are appended after every batch (an interrupted run keeps the rows of its finished
+batches) and the table is compacted to the latest row per mask at the end. A batch's files and rows are
+written under a lock on the output folder, so runs sharing a folder keep each other's rows. Images over
+NETWORK_MAX_SIDE pixels on a side are decoded at reduced scale; their masks are scaled back to the original
+size (their overlays are drawn on the reduced image).
 """
 
 from __future__ import annotations
@@ -9,22 +16,24 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from ulffn_deploy.errors import UlffnError
-from ulffn_deploy.fileio import write_text_atomic
-from ulffn_deploy.imageio import IMAGE_SUFFIXES, image_files, read_rgb, write_mask, write_rgb
+from ulffn_deploy.fileio import check_writable_folder, output_errors, write_text_atomic
+from ulffn_deploy.imageio import IMAGE_SUFFIXES, image_files, read_rgb_reduced, write_mask
+from ulffn_deploy.overlay import OverlayStyle, outline, write_overlay
 
 CSV_NAME = "predictions.csv"
-CSV_COLUMNS = ("file", "height", "width", "lesion_pixels", "lesion_fraction", "mean_lesion_probability")
+CSV_COLUMNS = ("file", "mask", "height", "width", "lesion_pixels", "lesion_fraction", "mean_lesion_probability")
+NETWORK_MAX_SIDE = 2048  # larger images are decoded reduced: the network input is at most 2048 px (512 in the paper)
 OUTLINE_RGB = (0, 255, 0)
-OUTLINE_WIDTH = 2  # pixels, inside the mask's edge
 
 
 @dataclass
@@ -51,7 +60,9 @@ def collect_images(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path,
     """(image path, output key) for files and folders (searched recursively for IMAGE_SUFFIXES).
 
     The key is where the outputs go relative to the output folder: the file's stem, or its path inside
-    the folder it was found in; inputs whose keys collide keep their suffix in the key.
+    the folder it was found in; inputs whose keys collide keep their suffix in the key, and keys that still
+    collide (``a/x.jpg b/x.jpg``; case-insensitively, for such file systems) get ``_2``, ``_3``... A file
+    named twice is predicted once.
     """
     found: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
@@ -62,20 +73,29 @@ def collect_images(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path,
             found.append((item, Path(item.stem)))
         else:
             raise UlffnError(f"{item}: no such file or folder")
+    found = list({path.resolve(): (path, key) for path, key in reversed(found)}.values())[::-1]
     counts: dict[Path, int] = {}
     for _, key in found:
         counts[key] = counts.get(key, 0) + 1
-    return [(path, key.with_name(f"{key.name}_{path.suffix.lstrip('.')}") if counts[key] > 1 else key)
-            for path, key in found]
+    keyed = [(path, key.with_name(f"{key.name}_{path.suffix.lstrip('.')}") if counts[key] > 1 else key)
+             for path, key in found]
+    return _unique_keys(keyed)
 
 
-def outline(mask: np.ndarray, width: int = OUTLINE_WIDTH) -> np.ndarray:
-    """The ``width``-pixel band just inside the mask's edge (the mask minus its erosion)."""
-    if not mask.any():
-        return mask.copy()
-    image = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
-    eroded = np.asarray(image.filter(ImageFilter.MinFilter(2 * width + 1))) > 127
-    return mask & ~eroded
+def _unique_keys(keyed: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    taken = {key.as_posix().casefold() for _, key in keyed}
+    seen: set[str] = set()
+    unique = []
+    for path, key in keyed:
+        candidate, number = key, 1
+        while candidate.as_posix().casefold() in seen:
+            number += 1
+            candidate = key.with_name(f"{key.name}_{number}")
+            if candidate.as_posix().casefold() in taken:  # another input's own key: never take it
+                candidate = key
+        seen.add(candidate.as_posix().casefold())
+        unique.append((path, candidate))
+    return unique
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = OUTLINE_RGB) -> np.ndarray:
@@ -85,16 +105,20 @@ def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = O
     return drawn
 
 
-def image_row(name: str, probability: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-    """One CSV row; mean_lesion_probability is over the predicted lesion pixels (empty when there are none)."""
+def image_row(name: str, probability: np.ndarray, mask: np.ndarray, mask_name: str = "") -> dict[str, Any]:
+    """One CSV row; mean_lesion_probability is over the predicted lesion pixels (empty when there are none).
+
+    ``probability`` may be a reduced-size map of a large image; ``mask`` is at the image's size."""
     pixels = int(mask.sum())
+    reduced_mask = probability > 0.5
     return {
         "file": name,
+        "mask": mask_name,
         "height": mask.shape[0],
         "width": mask.shape[1],
         "lesion_pixels": pixels,
         "lesion_fraction": f"{pixels / mask.size:.6f}",
-        "mean_lesion_probability": f"{float(probability[mask].mean()):.6f}" if pixels else "",
+        "mean_lesion_probability": f"{float(probability[reduced_mask].mean()):.6f}" if reduced_mask.any() else "",
     }
 
 
@@ -106,11 +130,13 @@ def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 def predict_paths(artifact: str | os.PathLike[str] | None, inputs: Sequence[str | os.PathLike[str]],
                   out_dir: str | os.PathLike[str], batch_size: int = 4, fit_mode: str = "full",
                   artifacts_dir: str | os.PathLike[str] = "artifacts", progress: bool = True,
-                  report: Callable[[str], None] | None = None, **load_options: Any) -> PredictSummary:
+                  report: Callable[[str], None] | None = None, overlay_style: OverlayStyle | None = None,
+                  **load_options: Any) -> PredictSummary:
     """Predict every image in ``inputs``; write ``<key>_mask.png``, ``<key>_overlay.png`` and predictions.csv.
 
     ``artifact`` None picks the registry's default artifact of ``artifacts_dir``. Files that cannot be read are
-    passed to ``report`` (a one-line message each) and listed in the summary's ``failed``.
+    passed to ``report`` (a one-line message each) and listed in the summary's ``failed``. ``overlay_style``
+    sets what the overlays show (``ulffn_deploy.overlay``; default: contours and a caption).
     """
     from ulffn_deploy.runtime import Segmenter
     from ulffn_deploy.targets.registry import default_artifact
@@ -122,29 +148,35 @@ def predict_paths(artifact: str | os.PathLike[str] | None, inputs: Sequence[str 
         raise UlffnError(f"no images found in {', '.join(map(str, inputs))}", f"images end in {', '.join(IMAGE_SUFFIXES)}")
     artifact = Path(artifact) if artifact else default_artifact(artifacts_dir)
     out = Path(out_dir)
-    rows: list[dict[str, Any]] = []
     with Segmenter.load(artifact, fit_mode=fit_mode, **load_options) as segmenter:
         summary = PredictSummary(artifact, out, segmenter.info)
+        drawing = _Drawing(overlay_style or OverlayStyle(), f"{artifact.name} {segmenter.precision}", report)
+        check_writable_folder(out)
         bar = _progress(len(images), progress)
         for batch in _batches(images, batch_size):
             loaded = _read_batch(batch, summary, report)
             if loaded:
-                probabilities = segmenter.predict_probabilities([image for _, _, image in loaded])
-                for (path, key, image), probability in zip(loaded, probabilities):
-                    rows.append(_write_outputs(out, path, key, image, probability))
-                    summary.predicted.append(path)
+                probabilities = segmenter.predict_probabilities([image for _, _, image, _ in loaded])
+                with _folder_lock(out):
+                    rows = [_write_outputs(out, path, key, image, probability, original, drawing)
+                            for (path, key, image, original), probability in zip(loaded, probabilities)]
+                    _append_rows(summary.csv_path, rows)
+                summary.predicted += [path for path, _, _, _ in loaded]
             bar.update(len(batch))
         bar.close()
-    _write_csv(summary.csv_path, rows)
+    if summary.predicted:
+        with _folder_lock(out):
+            _compact_csv(summary.csv_path)
     return summary
 
 
 def _read_batch(batch: Sequence[tuple[Path, Path]], summary: PredictSummary,
-                report: Callable[[str], None] | None) -> list[tuple[Path, Path, np.ndarray]]:
+                report: Callable[[str], None] | None) -> list[tuple[Path, Path, np.ndarray, tuple[int, int]]]:
+    """(path, key, image at most NETWORK_MAX_SIDE on a side, the file's (height, width)) of each readable file."""
     loaded = []
     for path, key in batch:
         try:
-            loaded.append((path, key, read_rgb(path)))
+            loaded.append((path, key, *read_rgb_reduced(path, NETWORK_MAX_SIDE)))
         except UlffnError as exc:
             summary.failed.append((path, str(exc)))
             if report:
@@ -152,32 +184,90 @@ def _read_batch(batch: Sequence[tuple[Path, Path]], summary: PredictSummary,
     return loaded
 
 
-def _write_outputs(out: Path, path: Path, key: Path, image: np.ndarray, probability: np.ndarray) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Drawing:
+    """What every overlay of a run shares: its style, the caption's artifact and precision, the reporter."""
+
+    style: OverlayStyle = OverlayStyle()
+    artifact: str = ""
+    report: Callable[[str], None] | None = None
+
+
+def _write_outputs(out: Path, path: Path, key: Path, image: np.ndarray, probability: np.ndarray,
+                   original: tuple[int, int] | None = None, drawing: _Drawing = _Drawing()) -> dict[str, Any]:
     mask = probability > 0.5
-    write_mask(out / f"{key}_mask.png", mask)
-    write_rgb(out / f"{key}_overlay.png", overlay(image, mask))
-    return image_row(os.fspath(path), probability, mask)
+    full_mask = mask if original is None or original == mask.shape else _scale_mask(probability, original)
+    write_mask(out / f"{key}_mask.png", full_mask)
+    write_overlay(out / f"{key}_overlay", path, image, probability, drawing.style, drawing.artifact, drawing.report,
+                  original)
+    return image_row(printable(path), probability, full_mask, printable(Path(f"{key}_mask.png")))
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def _scale_mask(probability: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """The mask of a reduced probability map at (height, width) ``hw``, interpolated at 8 bits."""
+    levels = Image.fromarray(np.clip(probability * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return np.asarray(levels.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)) > 127
+
+
+def printable(path: Path) -> str:
+    """``path`` as text that encodes to UTF-8: bytes of a non-UTF-8 name are written as ``\\xff``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace") if os.name != "nt" else str(path)
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` between the processes writing into it (none where flock is missing)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with output_errors(folder):
+        fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Append ``rows`` to the CSV in one write (with the header when the file is new or of another layout)."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
+    if _header(path) != list(CSV_COLUMNS):
+        _compact_csv(path)  # a table of an older layout is rewritten with this one's header first
+    if not path.is_file():
+        writer.writeheader()
     writer.writerows(rows)
+    with output_errors(path), open(path, "a", encoding="utf-8", newline="") as handle:
+        handle.write(text.getvalue())
+
+
+def _header(path: Path) -> list[str] | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+            return next(csv.reader(handle), None)
+    except FileNotFoundError:
+        return None
+
+
+def _compact_csv(path: Path) -> None:
+    """Rewrite the CSV atomically with the latest row per mask (rows cut short by a kill are dropped)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if None not in row.values() and None not in row]
+    except FileNotFoundError:
+        rows = []
+    latest = {row.get("mask") or row.get("file"): row for row in rows}
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n", extrasaction="ignore", restval="")
+    writer.writeheader()
+    writer.writerows(latest.values())
     write_text_atomic(path, text.getvalue())
 
 
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoProgress()
-    from tqdm import tqdm
+    from ulffn_deploy.progress import Progress
 
-    return tqdm(total=total, unit="image", desc="predict", leave=False)
+    return Progress(total, "predict", unit="image", enabled=enabled)

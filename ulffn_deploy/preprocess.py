@@ -1,6 +1,6 @@
 """Pre- and post-processing shared by training's evaluation and every runtime backend (numpy + Pillow).
 
-Two ways to fit an image into the square network input (ULFFN.md):
+Two ways to fit an image into the square network input (docs/model.md):
 - ``paper``: resize the shorter side to ``size``, then centre-crop ``size`` x ``size`` (the paper's
   protocol; the mask outside the crop is background when mapped back);
 - ``full``: resize the whole image to ``size`` x ``size`` (the device default: the whole field of view).
@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ulffn_deploy.config import DEFAULT_SIZE, OUTPUT_STRIDE, Normalization
+from ulffn_deploy.config import DEFAULT_SIZE, FIT_MODES, OUTPUT_STRIDE, Normalization
 from ulffn_deploy.errors import UlffnError
 
-FIT_MODES = ("full", "paper")
+# every command's default (evaluate, verify, predict, benchmark, the harness): the whole field of view
+DEFAULT_FIT_MODE = "full"
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,21 @@ def preprocess(
         return np.zeros((0, 3, size, size), np.float32), []
     fitted = np.stack([fit_image(im, pl) for im, pl in zip(images, placements)])
     return normalize(fitted, normalization), placements
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns images into a network input: the same for calibration, evaluation and deployment."""
+
+    size: int
+    fit_mode: str
+    normalization: Normalization
+
+    def __call__(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Placement]]:
+        return preprocess(images, self.size, self.fit_mode, self.normalization)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"size": self.size, "fit_mode": self.fit_mode, "normalization": self.normalization.to_dict()}
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:

@@ -16,6 +16,12 @@ Log = Callable[[str], None]
 # the synthetic set: ISIC 2016 layout, images 128 px on the shorter side (cpu-demo trains at 96)
 SYNTH: dict[str, Any] = {"n_train": 200, "n_test": 40, "size": 128, "seed": 0}
 PREDICT_IMAGES = 4
+# what the build stage makes where TensorRT cannot build: per best builder, (target, precision)
+CPU_BUILDS = {
+    "openvino": (("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"), ("onnxruntime", "fp32")),
+    "onnxruntime": (("onnxruntime", "fp32"),),
+}
+PARITY_IMAGES = 8  # test images export and the INT8 check compare on
 
 
 @dataclass
@@ -75,7 +81,7 @@ class Quickstart:
         from ulffn_deploy.metrics import format_table
         from ulffn_deploy.train import evaluate_checkpoint
 
-        result: dict[str, Any] = evaluate_checkpoint(self.checkpoint, self.data, split="test", fit_mode="paper")
+        result: dict[str, Any] = evaluate_checkpoint(self.checkpoint, self.data, split="test")
         self.log(f"{self.checkpoint} on {result['images']} synthetic test images ({result['protocol']}):")
         self.log(format_table({"ULFFN cpu-demo": result["metrics"]}))
         return result
@@ -83,30 +89,68 @@ class Quickstart:
     def export(self, _: dict[str, Any]) -> dict[str, Any]:
         from ulffn_deploy.export.pipeline import export_checkpoint
 
-        result = export_checkpoint(self.checkpoint, self.artifacts, data=self.data, log=self.log)
-        return {"paths": {k: str(v) for k, v in result.paths.items()}, "parity": result.reports}
+        result = export_checkpoint(self.checkpoint, self.artifacts, images=PARITY_IMAGES, data=self.data, log=self.log)
+        if result.failed:
+            raise UlffnError(f"export failed its checks for {', '.join(result.failed)}", "see the table above")
+        return {"paths": {k: str(v) for k, v in result.paths.items()}, "comparisons": result.comparisons,
+                "checks": result.checks}
 
     def calibrate(self, summary: dict[str, Any]) -> dict[str, Any]:
         from ulffn_deploy.calib.pipeline import calibrate
-        from ulffn_deploy.export.parity import format_parity_table
+        from ulffn_deploy.harness import check, compare, format_comparisons, image_source, tolerance_for
+        from ulffn_deploy.runtime import Segmenter
 
         report = calibrate(self.artifacts / "model.fp32.onnx", self.data, log=self.log)
-        fp32 = summary["export"]["parity"]
-        int8 = self._int8_parity()
-        self.log("\nParity against PyTorch (ONNX Runtime CPU, synthetic dermoscopy images):")
-        self.log(format_parity_table([*fp32, int8]))
-        return {"report": report, "parity_int8": int8}
+        exported = summary["export"]
+        rows = {p: (exported["comparisons"][p], exported["checks"][p]) for p in exported["comparisons"]}
+        with Segmenter.load(self.checkpoint) as reference, Segmenter.load(self.artifacts / "model.int8.onnx") as int8:
+            source = image_source(self.data, PARITY_IMAGES, reference.input_size)  # the images export compared on
+            comparison = compare(reference, int8, source)
+        rows["int8"] = (comparison, check(comparison, tolerance_for("int8")))
+        self.log(f"\nAgainst PyTorch (ONNX Runtime CPU, {source.description}, fit {comparison.fit_mode}):")
+        self.log(format_comparisons(rows))
+        return {"report": report, "int8": comparison}
 
     def build(self, _: dict[str, Any]) -> dict[str, Any]:
-        from ulffn_deploy.targets.registry import best_builder, build, default_onnx
+        """TensorRT's default precision where it builds; on a CPU machine every CPU artifact (OpenVINO FP32,
+        FP16 (running bf16 where the CPU has it) and INT8, and ONNX Runtime FP32), each verified briefly so
+        that the default-artifact rule can pick the fastest one that passes on this machine."""
+        from ulffn_deploy.targets.registry import best_builder, build, default_artifact, default_onnx
 
         target = best_builder()
-        precision = target.default_build_precision
-        if target.name == "onnxruntime":
-            self.log("TensorRT or an NVIDIA GPU is not available here: building for ONNX Runtime on the CPU")
-        path = build(target.name, default_onnx(self.artifacts, precision))
-        self.log(f"built {path} ({target.name}, {precision})")
-        return {"backend": target.name, "precision": precision, "artifact": str(path)}
+        if target.name not in CPU_BUILDS:
+            precision = target.default_build_precision
+            path = build(target.name, default_onnx(self.artifacts, precision))
+            self.log(f"built {path} ({target.name}, {precision})")
+            return {"backend": target.name, "precision": precision, "artifact": str(path), "built": [str(path)]}
+        self.log("no TensorRT and NVIDIA GPU here: building the CPU artifacts")
+        built = [path for name, precision in CPU_BUILDS[target.name] if (path := self._build_cpu(name, precision))]
+        verified = {path.name: self._quick_verify(path) for path in built}
+        chosen = default_artifact(self.artifacts)
+        self.log(f"default artifact (fastest that passed verify here): {chosen.name}")
+        return {"backend": target.name, "artifact": str(chosen), "built": [str(p) for p in built], "verified": verified}
+
+    def _build_cpu(self, target: str, precision: str) -> Path | None:
+        from ulffn_deploy.targets.registry import build, default_onnx
+
+        try:
+            path = build(target, default_onnx(self.artifacts, precision))
+        except UlffnError as exc:
+            self.log(f"not built: {target} {precision}: {exc.message}")
+            return None
+        self.log(f"built {path} ({target}, {precision})")
+        return path
+
+    def _quick_verify(self, path: Path) -> dict[str, Any]:
+        """verify on the test images with a short latency schedule; it records the verdict and median for
+        the default-artifact rule."""
+        from ulffn_deploy.latency import Schedule
+        from ulffn_deploy.verify import verify_artifact
+
+        report = verify_artifact(path, self.checkpoint, self.data, schedule=Schedule(iterations=20, duration_s=1.0))
+        median = report["latency"]["series"]["host"]["median"]
+        self.log(f"verify {path.name}: {'pass' if report['passed'] else 'FAIL'}, median {median:.2f} ms")
+        return {"passed": report["passed"], "median_ms": median}
 
     def predict(self, summary: dict[str, Any]) -> dict[str, Any]:
         from ulffn_deploy.data import IsicSegmentation
@@ -132,16 +176,3 @@ class Quickstart:
         if not report["passed"]:
             raise UlffnError(f"verify failed for {summary['build']['artifact']}", "see the table above")
         return report
-
-    def _int8_parity(self) -> dict[str, Any]:
-        """The INT8 model against PyTorch on the images and preprocessing export's parity check uses."""
-        from ulffn_deploy.config import Normalization
-        from ulffn_deploy.export.parity import parity_batch, parity_images, parity_report
-        from ulffn_deploy.train import load_model
-
-        model, info = load_model(self.checkpoint)
-        size = int(info["input_size"])
-        normalization = Normalization.from_dict(info["normalization"])
-        batch = parity_batch(parity_images(8, size, self.data), size, str(info["fit_mode"]), normalization)
-        return parity_report(self.artifacts / "model.int8.onnx", model, batch, "int8",
-                             tolerances={"dice_mean": 0.98})

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ulffn_deploy.data import FOLDERS
 from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.fileio import output_errors, remove_stale_temp_files
 
 GENERATOR_VERSION = 1
 MIN_SIZE, MAX_SIZE = 32, 4096
@@ -338,7 +339,14 @@ def generate_dataset(out_dir: str | os.PathLike[str], n_train: int, n_test: int 
     out = Path(out_dir).resolve()
     n_test = default_test_count(n_train) if n_test is None else int(n_test)
     _check(out, int(n_train), n_test, int(size), force)
+    with output_errors(out):  # a full disk, a read-only folder, a file in the way: exit 2 naming OUT
+        return _generate(out, n_train, n_test, size, seed, progress) | {"out_dir": str(out_dir)}
+
+
+def _generate(out: Path, n_train: int, n_test: int, size: int, seed: int,
+              progress: Callable[[int], None] | None) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out)  # build folders of killed runs
     started = time.perf_counter()
     build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     lesion_fractions = []
@@ -363,7 +371,7 @@ def generate_dataset(out_dir: str | os.PathLike[str], n_train: int, n_test: int 
         _replace_folder(build, out)
     finally:
         shutil.rmtree(build, ignore_errors=True)
-    return {**summary, "out_dir": str(out_dir), "seconds": round(time.perf_counter() - started, 3)}
+    return {**summary, "seconds": round(time.perf_counter() - started, 3)}
 
 
 # ---------------------------------------------------------------- preview

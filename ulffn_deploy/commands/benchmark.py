@@ -5,9 +5,13 @@ from __future__ import annotations
 import click
 
 
-def _backends(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+def _backends(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    from ulffn_deploy.targets.registry import names
+
     chosen = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
-    known = ("pytorch", "onnxruntime", "tensorrt")
+    known = names()
     unknown = [name for name in chosen if name not in known]
     if unknown or not chosen:
         raise click.BadParameter(f"{value!r}: choose from {', '.join(known)}", ctx, param)
@@ -30,32 +34,42 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False),
               help="Where benchmark.md, .json and .png go.  [default: ARTIFACTS/benchmark]")
 @click.option("--batch-sizes", default="1,4,8", show_default=True, callback=_batch_sizes)
-@click.option("--quick", is_flag=True, help="100 ms warm-up and 3 timed calls per cell, 4 images for accuracy.")
+@click.option("--quick", is_flag=True, help="100 ms warm-up and 3 timed calls per cell, 4 images for accuracy "
+              "(every latency cell is then flagged as untrusted).")
 @click.option("--num-images", type=click.IntRange(min=1), help="Images for accuracy.  [default: all; 4 with --quick]")
 @click.option("--warmup-ms", type=click.FloatRange(min=0), help="Warm-up per cell.  [default: 200]")
 @click.option("--iterations", type=click.IntRange(min=1), help="Timed calls per cell (at least).  [default: 10]")
 @click.option("--duration", type=click.FloatRange(min=0), help="Timed seconds per cell (at least).  [default: 3]")
 @click.option("--reference", type=click.Path(dir_okay=False), help="Checkpoint.  [default: ARTIFACTS/run/best.pt]")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Images.  [default: ARTIFACTS/data]")
-@click.option("--backends", default="pytorch,onnxruntime,tensorrt", show_default=True, callback=_backends,
-              help="Which backends to run (PyTorch FP32 always runs: it is the baseline).")
-@click.option("--no-build", is_flag=True, help="Do not build missing TensorRT engines from the ONNX files.")
+@click.option("--backends", default=None, callback=_backends,
+              help="Comma-separated targets to run (PyTorch FP32 always runs: it is the baseline).  [default: every "
+                   "registered target]")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads of every CPU backend.  [default: each "
+              "backend's own (all cores)]")
+@click.option("--no-build", is_flag=True, help="Do not build missing artifacts (TensorRT engines, OpenVINO IR, ONNX "
+              "Runtime models) from the ONNX files.")
 def command(artifacts_dir: str, out_dir: str | None, batch_sizes: tuple[int, ...], quick: bool,
             num_images: int | None, warmup_ms: float | None, iterations: int | None, duration: float | None,
-            reference: str | None, data_dir: str | None, backends: tuple[str, ...], no_build: bool) -> None:
-    """Benchmark PyTorch, ONNX Runtime and TensorRT at every precision found in ARTIFACTS: latency
-    (median, p99), throughput, speed-up over PyTorch FP32, GFLOP/s, agreement with PyTorch FP32 and label
-    Dice. Rows that cannot run here are listed as skipped, with the reason."""
+            reference: str | None, data_dir: str | None, backends: tuple[str, ...] | None, threads: int | None,
+            no_build: bool) -> None:
+    """Benchmark every registered target (PyTorch, ONNX Runtime, OpenVINO, TensorRT, ...) at every precision
+    in ARTIFACTS: latency (median, p99), throughput, speed-up over PyTorch FP32, GFLOP/s, agreement with
+    PyTorch FP32 and the verdict of the tolerance table. Rows that cannot run here are listed as skipped, with
+    the reason; latency cells with too few calls or a wide spread are flagged."""
     from pathlib import Path
 
     from ulffn_deploy.benchmark import format_markdown, run_benchmark
+    from ulffn_deploy.deps import require
     from ulffn_deploy.latency import Schedule
+
+    require("torch")  # PyTorch FP32 is every table's baseline
 
     timing_given = any(v is not None for v in (warmup_ms, iterations, duration))
     schedule = Schedule.from_options(None, warmup_ms, iterations, duration) if timing_given else None
     results = run_benchmark(
         artifacts_dir, out_dir, batch_sizes=batch_sizes, quick=quick, schedule=schedule, num_images=num_images,
-        reference=reference, data_dir=data_dir, build_engines=not no_build, backends=backends,
+        reference=reference, data_dir=data_dir, build=not no_build, backends=backends, threads=threads,
         log=lambda message: click.echo(message, err=True),
     )
     click.echo(format_markdown(results))

@@ -60,12 +60,12 @@ def command(backend: str | None, precision: str | None, onnx_path: str | None, a
     target = target_named(backend) if backend else best_builder()
     given = {name: value for name, value in options.items() if value is not None}
     target.resolve_options(given)  # unknown or invalid options fail before any work
-    reason = target.unavailable_reason()
+    reason = target.build_unavailable_reason()
     if reason:
         from ulffn_deploy.errors import UlffnError
 
         raise UlffnError(f"cannot build for {target.name}: {reason}", target.install_hint or None)
     source = onnx_path or str(default_onnx(artifacts, precision or target.default_build_precision))
-    built = build(target.name, source, output, given)
+    built = build(target.name, source, output, given, precision=precision)
     click.echo(f"wrote {built} and {built.name}.json ({target.name})")
 

@@ -21,7 +21,7 @@ def command(model: Path) -> None:
     """
     require("onnx")
     from ulffn_deploy.export.lint import lint_model, op_summary
-    from ulffn_deploy.onnx_meta import load_onnx
+    from ulffn_deploy.runtime.metadata import load_onnx
 
     graph = load_onnx(model)
     issues = lint_model(graph)

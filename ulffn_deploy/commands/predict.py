@@ -19,7 +19,7 @@ cannot be read are reported and skipped; the exit code is then 1.
 @click.command(name="predict", help=HELP)
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", "out_dir", default="predictions", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for <name>_mask.png, <name>_overlay.png and predictions.csv.")
+              help="Folder for <name>_mask.png, <name>_overlay.png (.jpg for images over 4 MP) and predictions.csv.")
 @click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(file_okay=False),
               help="Where to look for a model when none is named.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Images per inference call.")
@@ -29,9 +29,23 @@ cannot be read are reported and skipped; the exit code is then 1.
 @click.option("--device", type=click.Choice(("cpu", "cuda")), default=None,
               help="Device for .onnx (ONNX Runtime) and .pt models. [default: cpu]")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option("--engine-cache", type=click.Path(file_okay=False),
+              help="Run an .onnx MODEL on TensorRT: build its engine into this folder on first use (per GPU and TensorRT "
+                   "version), reuse it afterwards.")
+@click.option("--labels", type=click.Path(file_okay=False), default=None,
+              help="Folder of ground-truth masks (<name>_segmentation.png, <name>_mask.png or <name>.png) whose contour "
+                   "the overlays draw in blue. [default: the ISIC ground truth beside ISIC images]")
+@click.option("--overlay", "overlay_mode", type=click.Choice(("contour", "probability")), default="contour",
+              show_default=True, help="probability: shade the lesion probability under the contours.")
+@click.option("--caption/--no-caption", default=True, show_default=True,
+              help="Write the model, precision and lesion fraction on each overlay.")
 def command(paths: tuple[str, ...], out_dir: str, artifacts: str, batch_size: int, fit_mode: str,
-            device: str | None, progress: bool) -> None:
+            device: str | None, progress: bool, labels: str | None, overlay_mode: str, caption: bool,
+            engine_cache: str | None) -> None:
+    from pathlib import Path
+
     from ulffn_deploy.errors import UlffnError
+    from ulffn_deploy.overlay import OverlayStyle
     from ulffn_deploy.predict import predict_paths
     from ulffn_deploy.targets.registry import default_artifact, is_artifact
 
@@ -45,8 +59,13 @@ def command(paths: tuple[str, ...], out_dir: str, artifacts: str, batch_size: in
         if artifact.lower().endswith((".engine", ".plan")):
             raise UlffnError("--device applies to .onnx and .pt models; TensorRT engines always run on the GPU")
         options["device"] = device
+    if engine_cache:
+        if not artifact.lower().endswith(".onnx") or device:
+            raise UlffnError("--engine-cache applies to an .onnx model run on TensorRT (without --device)")
+        options.update(backend="tensorrt", engine_cache=engine_cache)
+    style = OverlayStyle(overlay_mode, Path(labels) if labels else None, caption)
     summary = predict_paths(artifact, inputs, out_dir, batch_size=batch_size, fit_mode=fit_mode, progress=progress,
-                            report=lambda line: click.echo(line, err=True), **options)
+                            report=lambda line: click.echo(line, err=True), overlay_style=style, **options)
     click.echo(f"{summary.line()}; table: {summary.csv_path}")
     if summary.failed:
         sys.exit(1)

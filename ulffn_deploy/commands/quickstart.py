@@ -14,6 +14,9 @@ import click
               help="Override the cpu-demo preset's number of epochs (for a faster, less accurate run).")
 def command(artifacts: Path, epochs: int | None) -> None:
     """Synthetic data -> train -> export -> calibrate -> build -> predict -> verify, printing each stage."""
+    from ulffn_deploy.deps import require
     from ulffn_deploy.quickstart import Quickstart
+
+    require("torch")  # training needs it: say so before any stage runs
 
     Quickstart(artifacts, log=click.echo, epochs=epochs).run()

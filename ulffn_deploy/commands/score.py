@@ -14,16 +14,17 @@ from ulffn_deploy.imageio import read_mask
 from ulffn_deploy.metrics import format_table, image_metrics, mean_metrics
 
 ISIC_ID = re.compile(r"ISIC_\d{7}")
+_NOT_MASKS = re.compile(r"superpixels|_overlay$", re.IGNORECASE)  # ISIC 2017 superpixels; predict's overlays
 
 
 def masks_by_id(folder: Path) -> dict[str, Path]:
-    """PNG masks in ``folder`` keyed by the ISIC id in their names."""
+    """PNG masks in ``folder`` keyed by the ISIC id in their names (predict's ``*_overlay.png`` are not masks)."""
     if not folder.is_dir():
         raise UlffnError(f"{folder} is not a folder")
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         match = ISIC_ID.search(path.name)
-        if match and path.suffix.lower() == ".png" and "superpixels" not in path.name.lower():
+        if match and path.suffix.lower() == ".png" and not _NOT_MASKS.search(path.stem):
             if match.group() in found:
                 raise UlffnError(f"two masks for {match.group()} in {folder}: {found[match.group()].name}, {path.name}")
             found[match.group()] = path

@@ -55,7 +55,9 @@ def _launch(values: dict[str, Any], nproc: int) -> dict[str, Any]:
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="processes on this machine (one per GPU); more than 1 starts them with torch.distributed.run")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last.pt (same epoch, lr, order)")
-@click.option("--overwrite", is_flag=True, help="start afresh even if --out holds a run")
+@click.option("--overwrite", is_flag=True,
+              help="start afresh even if --out holds a run (kept in --out/.previous-run until the new run writes "
+                   "its first checkpoint, and put back if it fails before)")
 @click.option("--quiet", is_flag=True, help="no progress bar and no per-epoch lines")
 def command(nproc: int, **values: Any) -> None:
     """Train ULFFN on an ISIC training set with a seeded train/validation split.

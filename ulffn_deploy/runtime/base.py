@@ -151,6 +151,16 @@ class Segmenter:
         return np.ascontiguousarray(output, dtype=np.float32)
 
 
+def check_declared_input(path: Path, size: int, low_hw: Sequence[int | None], high_hw: Sequence[int | None]) -> None:
+    """UlffnError unless the metadata's input ``size`` lies within the height and width the graph or engine
+    declares (``None``: a dynamic axis); checked at load, before a batch of that size is allocated."""
+    for axis, low, high in zip(("height", "width"), low_hw, high_hw):
+        if (low is not None and size < low) or (high is not None and size > high):
+            span = f"{low}" if low == high else f"{low or 1}-{high or 'any'}"
+            raise UlffnError(f"{path.name}: its metadata says input size {size}, but its input {axis} is {span}",
+                             "the file was altered or mislabelled; re-export or rebuild it")
+
+
 def _as_batch(batch: np.ndarray) -> np.ndarray:
     batch = np.asarray(batch)
     if batch.ndim != 4 or batch.shape[1] != 3:

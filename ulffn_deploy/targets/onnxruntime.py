@@ -12,23 +12,24 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 
 from ulffn_deploy.errors import UlffnError
-from ulffn_deploy.onnx_meta import decode
-from ulffn_deploy.runtime.base import Segmenter
+from ulffn_deploy.runtime.base import Segmenter, check_declared_input
 from ulffn_deploy.runtime.metadata import ArtifactMetadata, read_sidecar, sidecar_path
 from ulffn_deploy.targets.registry import BuildOption, Target
 
+if TYPE_CHECKING:  # onnxruntime is imported where used: listing targets, or loading an engine, never needs it
+    import onnxruntime as ort
+
 DEVICES = ("cpu", "cuda")
-OPTIMIZATION_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+OPTIMIZATION_LEVELS = {  # name -> ort.GraphOptimizationLevel member
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
 }
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -39,17 +40,28 @@ def providers_for(device: str) -> list[str]:
         raise UlffnError(f"unknown ONNX Runtime device {device!r}", f"use one of {', '.join(DEVICES)}")
     if device == "cpu":
         return ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise UlffnError("this onnxruntime has no CUDA execution provider",
                          "pip install onnxruntime-gpu, or use device='cpu'")
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def graph_optimization_level(name: str) -> ort.GraphOptimizationLevel:
+    """ONNX Runtime's level for one of ``OPTIMIZATION_LEVELS``."""
+    import onnxruntime as ort
+
+    return getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[name])
+
+
 def create_session(model: str | os.PathLike[str] | bytes, providers: list[str] | None = None, optimization: str = "all",
                    threads: int | None = None) -> ort.InferenceSession:
     """An InferenceSession (CPU unless ``providers`` say otherwise) with UlffnErrors for unreadable models."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
-    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    options.graph_optimization_level = graph_optimization_level(optimization)
     options.log_severity_level = 3  # errors only: ORT's optimizer notes are not for users
     if threads:
         options.intra_op_num_threads = int(threads)
@@ -77,14 +89,25 @@ class OrtSegmenter(Segmenter):
         if optimization not in OPTIMIZATION_LEVELS:
             raise UlffnError(f"unknown graph optimisation {optimization!r}", f"use one of {', '.join(OPTIMIZATION_LEVELS)}")
         self.session = create_session(path, providers, optimization, threads)
-        meta = decode(self.session.get_modelmeta().custom_metadata_map, source=os.fspath(path))
-        super().__init__(path, ArtifactMetadata.from_mapping(meta, path), fit_mode)
+        meta = ArtifactMetadata.from_mapping(self.session.get_modelmeta().custom_metadata_map, path)
+        super().__init__(path, meta, fit_mode)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise UlffnError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
         self._input, self._output = inputs[0], outputs[0]
+        self._check_metadata()
         self._input_type = _NUMPY_TYPES.get(self._input.type, np.float32)
         self.optimization = optimization
+
+    def _check_metadata(self) -> None:
+        """The metadata's input size must match the graph's declared input, and a sidecar its model."""
+        fixed = [dim if isinstance(dim, int) and dim > 0 else None for dim in self._input.shape[2:4]]
+        check_declared_input(self.path, self.input_size, fixed, fixed)
+        if self.build_info is not None:
+            built = ArtifactMetadata.from_mapping(self.build_info, sidecar_path(self.path))
+            if built.input_size != self.input_size:
+                raise UlffnError(f"{self.path.name}: its sidecar says input size {built.input_size} and the model "
+                                 f"says {self.input_size}", "rebuild it with 'ulffn-deploy build-engine'")
 
     def _infer_impl(self, batch: np.ndarray) -> np.ndarray:
         self._check_spatial(batch.shape)
@@ -103,6 +126,8 @@ class OrtSegmenter(Segmenter):
         del self.session
 
     def _backend_info(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
         return {
             "onnxruntime_version": ort.__version__,
             "providers": self.session.get_providers() if not self._closed else [],

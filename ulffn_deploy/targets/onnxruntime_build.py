@@ -18,18 +18,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 
 from ulffn_deploy import __version__
+from ulffn_deploy.devices import cpu_name
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import atomic_path, sha256_file, write_json_atomic
-from ulffn_deploy.onnx_meta import decode
-from ulffn_deploy.devices import cpu_name
 from ulffn_deploy.runtime.metadata import SIDECAR_FORMAT, SIDECAR_VERSION, ArtifactMetadata, sidecar_path
-from ulffn_deploy.targets.onnxruntime import OPTIMIZATION_LEVELS, create_session
+from ulffn_deploy.targets.onnxruntime import create_session, graph_optimization_level
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 ORT_LEVELS = ("basic", "extended")
 CHECK_TOLERANCE = 1e-4  # max |probability difference| between the saved model and the source session
@@ -58,7 +59,7 @@ def describe_onnx(path: str | os.PathLike[str], precision: str | None = None) ->
     if not path.is_file():
         raise UlffnError(f"{path}: no such ONNX file", "export it with 'ulffn-deploy export' (int8: 'ulffn-deploy calibrate')")
     session = create_session(path, ["CPUExecutionProvider"], optimization="disable")
-    metadata = ArtifactMetadata.from_mapping(decode(session.get_modelmeta().custom_metadata_map, os.fspath(path)), path)
+    metadata = ArtifactMetadata.from_mapping(session.get_modelmeta().custom_metadata_map, path)
     if precision is not None and precision != metadata.precision:
         raise UlffnError(f"{path.name} is a {metadata.precision} model, not {precision}",
                          f"pass --precision {metadata.precision}, or the {precision} ONNX file")
@@ -100,10 +101,12 @@ def build_ort_model(onnx_path: str | os.PathLike[str], output: str | os.PathLike
         raise UlffnError(f"output {output} would overwrite the source model", "choose another -o")
     command = command or ["ulffn-deploy", "build-engine", "--backend", "onnxruntime", "--onnx", str(onnx_path),
                           "-o", str(output), "--ort-optimization", optimization]
+    import onnxruntime as ort
+
     start = time.perf_counter()
     with atomic_path(output) as tmp:
         options = ort.SessionOptions()
-        options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+        options.graph_optimization_level = graph_optimization_level(optimization)
         options.optimized_model_filepath = os.fspath(tmp)
         options.add_session_config_entry("session.save_model_format", "ONNX")  # the temp name has no .onnx suffix
         reference = ort.InferenceSession(os.fspath(source.path), options, providers=["CPUExecutionProvider"])

@@ -24,10 +24,7 @@ class TorchSegmenter(Segmenter):
         from ulffn_deploy.checkpoint import load_model
 
         model, info = load_model(path)
-        config = info.get("model_config") or model.config
-        fields = {key: info.get(key) for key in ("normalization", "input_size", "fit_mode")}
-        metadata = ArtifactMetadata.from_mapping({**fields, "model_config": config, "precision": "fp32"}, path)
-        super().__init__(path, metadata, fit_mode)
+        super().__init__(path, ArtifactMetadata.from_checkpoint(info, path), fit_mode)
         self.device = self._torch.device(device)
         self.model = model.to(self.device).eval()
         self.checkpoint_info = {key: value for key, value in info.items() if key not in ("state_dict", "optimizer")}

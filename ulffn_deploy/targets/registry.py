@@ -20,19 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ulffn_deploy.config import PRECISIONS
 from ulffn_deploy.errors import UlffnError
 
 if TYPE_CHECKING:
     from ulffn_deploy.runtime.base import Segmenter
 
-PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_ARTIFACTS = Path("artifacts")
 ARTIFACT_PREFIX = "model."
 
 _MODULES: list[str] = [
     "ulffn_deploy.targets.tensorrt",
+    "ulffn_deploy.targets.openvino",
     "ulffn_deploy.targets.onnxruntime",
     "ulffn_deploy.targets.pytorch",
+    "ulffn_deploy.targets.triton",
 ]
 
 
@@ -101,6 +103,10 @@ class Target:
     def unavailable_reason(self) -> str | None:
         """Why this target cannot run on this machine (one line), or None when it can."""
         return None
+
+    def build_unavailable_reason(self) -> str | None:
+        """Why this target cannot build artifacts here (one line), or None; by default the same as running."""
+        return self.unavailable_reason()
 
     def artifact_problem(self, path: Path) -> str | None:
         """Why this artifact cannot run here although the target can (e.g. built for another GPU), or None."""
@@ -171,7 +177,7 @@ def builders() -> list[Target]:
 def best_builder() -> Target:
     """The highest-ranked target that builds artifacts and runs here (ONNX Runtime runs everywhere)."""
     for target in builders():
-        if target.unavailable_reason() is None:
+        if target.build_unavailable_reason() is None:
             return target
     raise UlffnError("no target that builds artifacts runs here", "pip install onnxruntime")
 
@@ -320,13 +326,19 @@ def default_onnx(folder: str | os.PathLike[str], precision: str) -> Path:
 
 
 def build(target_name: str, source_onnx: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
-          options: Mapping[str, Any] | None = None, command: Sequence[str] | None = None) -> Path:
-    """Build ``target_name``'s artifact from an exported ONNX file; returns the artifact's path."""
+          options: Mapping[str, Any] | None = None, command: Sequence[str] | None = None,
+          precision: str | None = None) -> Path:
+    """Build ``target_name``'s artifact from an exported ONNX file (of ``precision``, when given, checked
+    against its metadata); returns the artifact's path."""
     target = target_named(target_name)
-    reason = target.unavailable_reason()
+    reason = target.build_unavailable_reason()
     if reason:
         raise UlffnError(f"cannot build for {target.name}: {reason}", target.install_hint or None)
     source = Path(source_onnx)
+    if precision is not None:
+        from ulffn_deploy.targets.onnxruntime_build import describe_onnx
+
+        describe_onnx(source, precision)
     resolved = target.resolve_options(options or {})
     out = Path(output) if output else target.default_output(source)
     if out.resolve() == source.resolve():

@@ -3,14 +3,21 @@
 TensorRT engines are built through Polygraphy's loaders: ``network_from_onnx_path(strongly_typed=True)``
 -> ``CreateConfig`` -> ``engine_bytes_from_network``. Precision comes from the ONNX file alone (FP16
 tensors, or Q/DQ nodes for INT8); no FP16/INT8 builder flags and no calibrator are set, since TensorRT 10.12
-deprecated weak typing and TensorRT 11 removed it (TENSORRT.md, Versions and typing). The plan is written
+deprecated weak typing and TensorRT 11 removed it (docs/tensorrt.md, Versions and typing). The plan is written
 as a plain file so that trtexec and other TensorRT tools load it; its metadata lives in the sidecar.
+
+Every build runs with detailed profiling verbosity so that the engine inspector can list each layer's
+precision; the counts go into the sidecar (``layer_precisions``), and an FP16 engine without FP16 layers
+(or INT8 without INT8 layers) fails the build instead of shipping a silent FP32 engine.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -24,7 +31,9 @@ from ulffn_deploy.runtime.metadata import sidecar_path
 from ulffn_deploy.targets.onnxruntime_build import OnnxSource, describe_onnx, sidecar_common
 from ulffn_deploy.targets.registry import BuildOption, Target
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the stubs type TensorRT's objects; the module itself comes from require_tensorrt()
+    import tensorrt
+
     from ulffn_deploy.runtime.base import Segmenter
 
 NO_TENSORRT_HINT = ("build the CPU artifact with --backend onnxruntime, or install 'ulffn-deploy[tensorrt]' "
@@ -46,7 +55,16 @@ BUILD_OPTIONS = (
                 "lean runtime, can run."),
     BuildOption("hardware_compatibility", str, "none", "ampere-plus: one engine for every GPU from Ampere on (may run "
                 "slower).", choices=HARDWARE_COMPATIBILITY),
+    BuildOption("exclude_lean_runtime", bool, False, "With --version-compatible: leave the lean runtime out of the plan; "
+                "the device runs it with an installed tensorrt_lean of the same TensorRT version."),
+    BuildOption("dla_core", int, None, "Run on this DLA core (Jetson AGX Orin), with GPU fallback for layers DLA cannot "
+                "run.", minimum=0),
 )
+# layers TensorRT inserts to convert formats: not counted as layers of a precision
+DATA_MOVEMENT_LAYERS = frozenset({"Reformat", "NoOp"})
+_DATATYPES = (("BFloat16", "BF16"), ("FP16", "FP16"), ("Half", "FP16"), ("FP32", "FP32"), ("Float", "FP32"),
+              ("FP8", "FP8"), ("Int8", "INT8"), ("INT8", "INT8"), ("Int32", "INT32"), ("INT32", "INT32"),
+              ("Int64", "INT64"), ("UInt8", "UINT8"), ("BOOL", "BOOL"), ("Bool", "BOOL"))
 
 
 class TensorRTTarget(Target):
@@ -67,20 +85,40 @@ class TensorRTTarget(Target):
 
     def artifact_problem(self, path: Path) -> str | None:
         """What the sidecar says against this GPU and TensorRT version, checked without deserializing."""
-        from ulffn_deploy.devices import import_tensorrt
+        from ulffn_deploy.devices import import_tensorrt_runtime, is_lean
         from ulffn_deploy.runtime.metadata import engine_compatibility_problem, read_sidecar
         from ulffn_deploy.targets.cuda import device_properties
+        from ulffn_deploy.targets.tensorrt_runtime import lean_runtime_problem
 
         try:
             sidecar = read_sidecar(path)
         except UlffnError as exc:
             return exc.message
-        trt = import_tensorrt()
-        return engine_compatibility_problem(sidecar, device_properties(0), str(getattr(trt, "__version__", "?")))
+        trt = import_tensorrt_runtime()
+        version = str(getattr(trt, "__version__", "?"))
+        if trt is not None and is_lean(trt):
+            problem = lean_runtime_problem(sidecar, version)
+            if problem:
+                return problem
+        return engine_compatibility_problem(sidecar, device_properties(0), version)
 
-    def load(self, path: Path, **options: Any) -> Segmenter:
+    def build_unavailable_reason(self) -> str | None:
+        return tensorrt_unavailable_reason(build=True)
+
+    def load(self, path: Path, engine_cache: str | os.PathLike[str] | None = None,
+             build_options: Mapping[str, Any] | None = None, **options: Any) -> Segmenter:
+        """A TrtSegmenter for an engine; or, for an ``.onnx`` file with ``engine_cache`` (a folder), for the
+        engine built from it on first use and reused afterwards (``build_options`` as build-engine's)."""
         from ulffn_deploy.targets.tensorrt_runtime import TrtSegmenter
 
+        if path.name.lower().endswith(".onnx"):
+            if engine_cache is None:
+                raise UlffnError(f"{path.name} is an ONNX file, not a TensorRT engine",
+                                 "pass engine_cache=DIR (CLI: --engine-cache DIR) to build the engine on first use")
+            path = engine_from_cache(path, engine_cache, build_options or {}, options.get("gpu", 0),
+                                     options.get("runtime", "auto"))
+        elif engine_cache is not None or build_options:
+            raise UlffnError("engine_cache and build_options apply to an .onnx source, not to a built engine")
         return TrtSegmenter(path, **options)
 
     def build(self, source_onnx: Path, output: Path | None, options: Mapping[str, Any], command: Sequence[str]) -> Path:
@@ -118,37 +156,154 @@ def make_profile(source: OnnxSource, options: Mapping[str, Any]) -> dict[str, li
 def build_tensorrt_engine(onnx_path: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
                           options: Mapping[str, Any] | None = None, precision: str | None = None,
                           command: Sequence[str] | None = None) -> Path:
-    """Build ``onnx_path`` into a TensorRT plan plus sidecar, both written atomically; returns the plan's path."""
+    """Build ``onnx_path`` into a TensorRT plan plus sidecar, both written atomically; returns the plan's path.
+
+    The built plan is opened once to count its layers' precisions (engine inspector); an FP16/INT8 build
+    whose engine runs no layer in that precision fails here, before anything is written.
+    """
     trt = require_tensorrt("build a TensorRT engine", NO_TENSORRT_HINT)
-    from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network
+    from polygraphy.backend.trt import CreateConfig, PostprocessConfig, Profile, engine_bytes_from_network
 
     from ulffn_deploy.targets.cuda import device_properties
 
     source = describe_onnx(onnx_path, precision)
     options = TARGET.resolve_options(options or {})
+    _check_option_combination(options)
     output = Path(output) if output else TARGET.default_output(source.path)
-    command = command or ["ulffn-deploy", "build-engine", "--backend", "tensorrt", "--onnx", str(onnx_path),
-                          "-o", str(output), *TARGET.option_args(options)]
+    command = command or TARGET.rebuild_command(Path(onnx_path), output, options)
     profile = make_profile(source, options)
     network = _parse_onnx(trt, source.path)
+    _check_dla(network[0], options["dla_core"])
     cache_path = Path(options["timing_cache"]) if options["timing_cache"] else None
     start = time.perf_counter()
     with _timing_cache_files(cache_path) as (load_cache, save_cache):
-        config = CreateConfig(
+        config: Any = CreateConfig(
             profiles=[Profile().add(source.input_name, profile["min"], profile["opt"], profile["max"])],
             memory_pool_limits={trt.MemoryPoolType.WORKSPACE: options["workspace"] << 20} if options["workspace"] else None,
             builder_optimization_level=options["builder_optimization_level"],
             version_compatible=options["version_compatible"] or None,
+            exclude_lean_runtime=options["exclude_lean_runtime"] or None,
             hardware_compatibility_level=(trt.HardwareCompatibilityLevel.AMPERE_PLUS
                                           if options["hardware_compatibility"] == "ampere-plus" else None),
+            profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
             load_timing_cache=load_cache,
         )
+        if options["dla_core"] is not None:
+            config = PostprocessConfig(config, lambda builder, net, cfg: _use_dla(trt, cfg, options["dla_core"]))
         plan = bytes(_polygraphy_call(lambda: engine_bytes_from_network(network, config, save_timing_cache=save_cache)))
     seconds = time.perf_counter() - start
+    counts = layer_precisions(_engine_information(trt, plan, options["dla_core"]))
+    problem = precision_problem(source.metadata.precision, counts)
+    if problem:
+        raise UlffnError(f"TensorRT build of {source.path.name}: {problem}",
+                         "check the ONNX file's tensor types ('ulffn-deploy info'); TensorRT 11 ignores precision flags")
     write_bytes_atomic(output, plan)
-    write_json_atomic(sidecar_path(output), _engine_sidecar(trt, source, profile, options, plan, seconds, command,
-                                                            device_properties(0)))
+    sidecar = _engine_sidecar(trt, source, profile, options, plan, seconds, command, device_properties(0))
+    sidecar["layer_precisions"] = counts
+    write_json_atomic(sidecar_path(output), sidecar)
     return output
+
+
+def _check_option_combination(options: Mapping[str, Any]) -> None:
+    if options["exclude_lean_runtime"] and not options["version_compatible"]:
+        raise UlffnError("--exclude-lean-runtime applies to version-compatible plans", "add --version-compatible")
+
+
+def _check_dla(builder: tensorrt.Builder, core: int | None) -> None:
+    """Refuse ``--dla-core`` on a GPU without DLA (all but Jetson AGX/NX-class), or a core it lacks."""
+    if core is None:
+        return
+    cores = int(builder.num_DLA_cores)
+    if cores == 0:
+        raise UlffnError("--dla-core: this GPU has no DLA (Deep Learning Accelerator; Jetson AGX Orin has two)",
+                         "drop --dla-core to build for the GPU")
+    if core >= cores:
+        raise UlffnError(f"--dla-core {core}: this device has DLA cores 0-{cores - 1}")
+
+
+def _use_dla(trt: Any, config: tensorrt.IBuilderConfig, core: int) -> None:
+    """DLA as the default device, with GPU fallback for layers DLA cannot run (it runs FP16/INT8 only)."""
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = core
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
+def _engine_information(trt: Any, plan: bytes, dla_core: int | None) -> str:
+    """The engine inspector's JSON for a plan this process has just built (so its host code is trusted)."""
+    runtime: tensorrt.Runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+    runtime.engine_host_code_allowed = True  # our own fresh build: see docs/tensorrt.md, version-compatible plans
+    if dla_core is not None:
+        runtime.DLA_core = dla_core
+    engine: tensorrt.ICudaEngine | None = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise UlffnError("TensorRT built a plan it cannot deserialize to inspect (see the TensorRT log above)")
+    inspector = engine.create_engine_inspector()
+    return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+
+
+def tensor_precision(description: str) -> str:
+    """The data type in an inspector tensor's "Format/Datatype" ("Channel major FP16 format where channel % 8 == 0"
+    -> "FP16", "Half" -> "FP16", "Four wide channel vectorized row major Int8 format" -> "INT8")."""
+    words = set(re.split(r"[^A-Za-z0-9]+", description))
+    for word, name in _DATATYPES:
+        if word in words:
+            return name
+    return "unknown"
+
+
+def layer_precisions(engine_information: str) -> dict[str, int]:
+    """Layers per precision in ``IEngineInspector.get_engine_information(JSON)``: a layer's precision is that of
+    its first input (its first output when it has none), as TensorRT's engine explorer reads it; format
+    conversions TensorRT inserts (Reformat, NoOp) are not counted. Needs an engine built with
+    ``ProfilingVerbosity.DETAILED`` (otherwise layers are bare names: UlffnError)."""
+    try:
+        layers = json.loads(engine_information)["Layers"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UlffnError(f"unreadable engine inspector output ({exc})") from exc
+    if any(not isinstance(layer, dict) for layer in layers):
+        raise UlffnError("the engine inspector lists layer names only", "build with ProfilingVerbosity.DETAILED")
+    counts: Counter[str] = Counter()
+    for layer in layers:
+        if {layer.get("LayerType"), layer.get("ParameterType")} & DATA_MOVEMENT_LAYERS:
+            continue
+        tensors = layer.get("Inputs") or layer.get("Outputs") or [{}]
+        counts[tensor_precision(str(tensors[0].get("Format/Datatype", "")))] += 1
+    return dict(sorted(counts.items()))
+
+
+def precision_problem(precision: str, counts: Mapping[str, int]) -> str | None:
+    """Why an engine built from a ``precision`` ONNX does not run in it (no layer of that precision), or None."""
+    wanted = {"fp16": "FP16", "int8": "INT8"}.get(precision)
+    if wanted is None or counts.get(wanted, 0) > 0:
+        return None
+    found = ", ".join(f"{count} {name}" for name, count in counts.items()) or "no layers"
+    return f"the {precision} engine has no {wanted} layers ({found})"
+
+
+def engine_from_cache(onnx_path: Path, cache_dir: str | os.PathLike[str], build_options: Mapping[str, Any],
+                      gpu: int = 0, runtime: str = "auto") -> Path:
+    """The engine for ``onnx_path`` in ``cache_dir``, built there on first use (see targets/tensorrt_cache.py)."""
+    from ulffn_deploy.devices import import_tensorrt_runtime
+    from ulffn_deploy.fileio import sha256_file
+    from ulffn_deploy.targets.cuda import device_properties
+    from ulffn_deploy.targets.tensorrt_cache import cached_build, engine_cache_key, timing_cache_path
+
+    trt = import_tensorrt_runtime(runtime)
+    if trt is None:
+        raise UlffnError("no TensorRT runtime (tensorrt or tensorrt_lean) is importable", NO_TENSORRT_HINT)
+    version, props = str(trt.__version__), device_properties(gpu)
+    options = TARGET.resolve_options(build_options)
+    key = engine_cache_key(sha256_file(onnx_path), options, props, version)
+    name = TARGET.default_output(onnx_path).name
+    final = Path(cache_dir) / key / name
+    options["timing_cache"] = options["timing_cache"] or str(timing_cache_path(Path(cache_dir), props, version))
+    command = TARGET.rebuild_command(onnx_path, final, options)
+
+    def build(output: Path) -> None:
+        build_tensorrt_engine(onnx_path, output, options, command=command)
+
+    path, _ = cached_build(cache_dir, key, name, build, complete=lambda p: p.is_file() and sidecar_path(p).is_file())
+    return path
 
 
 def _engine_sidecar(trt: Any, source: OnnxSource, profile: dict[str, list[int]], options: Mapping[str, Any], plan: bytes,
@@ -194,10 +349,10 @@ def _parse_onnx(trt: Any, path: Path) -> Any:
 
 def _parser_errors(trt: Any, path: Path, limit: int = 3) -> str:
     """Parse again with a bare parser to list the errors with their node names (Polygraphy only logs them)."""
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
+    logger: tensorrt.Logger = trt.Logger(trt.Logger.ERROR)
+    builder: tensorrt.Builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
+    parser: tensorrt.OnnxParser = trt.OnnxParser(network, logger)
     if parser.parse_from_file(os.fspath(path)) and parser.num_errors == 0:
         return "it parses on its own; see the messages above"
     errors = [parser.get_error(i) for i in range(parser.num_errors)]

@@ -1,30 +1,49 @@
-"""TensorRT backend: a plain serialized plan plus its JSON sidecar, run with tensorrt and cuda-python only.
+"""TensorRT backend: a plain serialized plan plus its JSON sidecar, run with TensorRT (the full ``tensorrt``
+package, or the lean runtime ``tensorrt_lean``) and cuda-python only.
 
 One engine, one execution context and one CUDA stream. Pinned host and device buffers are sized once
 from the optimization profile's largest shape; each call sets the input shape, copies host to device,
 runs ``execute_async_v3`` (or replays a CUDA graph captured for that shape), copies back and
 synchronises once. CUDA events time the two copies and the GPU compute separately (``last_timings``).
+
+Neither TensorRT nor cuda-python is imported at module level: the TensorRT module is chosen per engine
+(``runtime="auto"``: ``tensorrt`` when installed, else ``tensorrt_lean``), and the GPU is checked through
+cuda-python before any TensorRT object exists (a TensorRT runtime created without a CUDA driver is unusable:
+touching it crashes the process).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
-import tensorrt as trt
 
+from ulffn_deploy.devices import import_tensorrt_runtime, is_lean
 from ulffn_deploy.errors import UlffnError
-from ulffn_deploy.targets import cuda as cu
-from ulffn_deploy.runtime.base import Segmenter
-from ulffn_deploy.runtime.metadata import ArtifactMetadata, engine_compatibility_problem, read_sidecar
+from ulffn_deploy.runtime.base import Segmenter, check_declared_input
+from ulffn_deploy.runtime.metadata import (
+    ArtifactMetadata,
+    engine_compatibility_problem,
+    read_sidecar,
+    shown_build_command,
+)
+
+if TYPE_CHECKING:  # the stubs type the objects; the module itself comes from tensorrt_module()
+    import tensorrt
+
+    from ulffn_deploy.targets import cuda as cu
 
 Shape = tuple[int, ...]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Resource(Protocol):
@@ -33,17 +52,92 @@ class _Resource(Protocol):
 
 R = TypeVar("R", bound=_Resource)
 
-_LOGGER = trt.Logger(trt.Logger.WARNING)
-# I/O types an engine may declare; export keeps I/O float32, but an engine is read, not assumed
-_NUMPY_TYPES: dict[trt.DataType, Any] = {
-    trt.DataType.FLOAT: np.float32,
-    trt.DataType.HALF: np.float16,
-    trt.DataType.INT8: np.int8,
-    trt.DataType.INT32: np.int32,
-}
+_LOGGERS: dict[str, Any] = {}  # one logger per TensorRT module, shared by its runtimes
 
 
-def dims_to_shape(dims: trt.Dims) -> Shape:
+def tensorrt_module(choice: str = "auto") -> ModuleType:
+    """The TensorRT module that runs engines: ``tensorrt``, else ``tensorrt_lean`` ("auto"), or exactly "full"/"lean"."""
+    module = import_tensorrt_runtime(choice)
+    if module is None:
+        wanted = {"full": "tensorrt", "lean": "tensorrt_lean"}.get(choice, "tensorrt or tensorrt_lean")
+        raise UlffnError(f"cannot run a TensorRT engine: {wanted} is not importable",
+                         "pip install 'ulffn-deploy[tensorrt]' (or '[tensorrt-lean]' for version-compatible engines)")
+    return module
+
+
+def _logger(trt: ModuleType) -> Any:
+    if trt.__name__ not in _LOGGERS:
+        _LOGGERS[trt.__name__] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS[trt.__name__]
+
+
+def _numpy_types(trt: ModuleType) -> dict[Any, Any]:
+    """I/O types an engine may declare; export keeps I/O float32, but an engine is read, not assumed."""
+    return {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16, trt.DataType.INT8: np.int8,
+            trt.DataType.INT32: np.int32}
+
+
+def _cuda() -> ModuleType:
+    """``ulffn_deploy.targets.cuda`` (cuda-python), or a one-line UlffnError when cuda-python is missing."""
+    try:
+        from ulffn_deploy.targets import cuda
+    except ImportError as exc:
+        raise UlffnError(f"cannot run a TensorRT engine: cuda-python is not importable ({exc})",
+                         "pip install 'cuda-python>=12.6,<13' (JetPack 6) or a cuda-python matching the driver") from exc
+    return cuda
+
+
+# -- decisions taken before TensorRT sees the plan (pure functions: unit-tested on CPU) ------------------
+def host_code_allowed(sidecar: dict[str, Any], plan_sha256: str) -> bool:
+    """Whether to let TensorRT run the host code a version-compatible plan embeds (its copy of the lean runtime):
+    only when the sidecar says the plan is version-compatible and names this very plan by sha256. Allowing
+    host code from an unverified file would run whatever code it carries (TensorRT developer guide, "Version
+    Compatibility": deserialize only trusted plans this way)."""
+    flags = sidecar.get("build_flags") or {}
+    return bool(flags.get("version_compatible")) and sidecar.get("engine_sha256") == plan_sha256
+
+
+def lean_runtime_problem(sidecar: dict[str, Any], lean_version: str) -> str | None:
+    """Why the lean runtime (``tensorrt_lean`` of ``lean_version``) cannot run the plan a sidecar describes, or None."""
+    flags = sidecar.get("build_flags") or {}
+    if not flags.get("version_compatible"):
+        return "it was not built version-compatible, and the lean runtime runs only version-compatible plans"
+    if flags.get("exclude_lean_runtime") and str(sidecar.get("tensorrt_version")) != lean_version:
+        return (f"it was built without its lean runtime by TensorRT {sidecar.get('tensorrt_version')}, which needs "
+                f"that very version's lean runtime, and this is tensorrt_lean {lean_version}")
+    return None
+
+
+def lean_library(module: ModuleType) -> Path | None:
+    """The lean runtime library installed with ``module`` (``libnvinfer_lean.so.<major>`` in tensorrt_lean_libs
+    or tensorrt_libs), for plans built with --exclude-lean-runtime; None when none is found."""
+    import importlib
+
+    major = str(module.__version__).split(".")[0]
+    for package in ("tensorrt_lean_libs", "tensorrt_libs"):
+        try:
+            folder = Path(importlib.import_module(package).__file__ or "").parent
+        except ImportError:
+            continue
+        candidate = folder / f"libnvinfer_lean.so.{major}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def serialized(method: F) -> F:
+    """Run ``method`` under the instance's ``_lock``: one call at a time per object, callers wait their turn."""
+
+    @functools.wraps(method)
+    def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    locked.__dict__["serialized"] = True
+    return locked  # type: ignore[return-value]
+
+
+def dims_to_shape(dims: tensorrt.Dims) -> Shape:
     return tuple(int(dims[i]) for i in range(len(dims)))
 
 
@@ -67,65 +161,116 @@ class Profile:
 
 
 class TrtSegmenter(Segmenter):
-    """A TensorRT engine built by ``ulffn-deploy build-engine``."""
+    """A TensorRT engine built by ``ulffn-deploy build-engine``.
+
+    Thread safety: calls are serialised. The engine has one execution context, stream and set of buffers,
+    so ``infer``/``predict``/``close`` hold a per-object lock and concurrent callers wait their turn (one
+    GPU runs one inference at a time anyway); ``last_timings`` belongs to whichever call finished last.
+    For parallel streams, load one TrtSegmenter per thread.
+
+    ``runtime``: "auto" (``tensorrt`` when installed, else the lean ``tensorrt_lean``), "full" or "lean".
+    ``lean_library``: the lean runtime library for plans built with --exclude-lean-runtime (default: the one
+    installed with the TensorRT package, when it is the plan's TensorRT version).
+    """
 
     backend = "tensorrt"
 
-    def __init__(self, path: Path, fit_mode: str = "full", use_cuda_graph: bool = False, gpu: int = 0) -> None:
+    def __init__(self, path: Path, fit_mode: str = "full", use_cuda_graph: bool = False, gpu: int = 0,
+                 runtime: str = "auto", lean_library: str | None = None) -> None:
+        self._lock = threading.RLock()
         sidecar = read_sidecar(path)
         self.sidecar = sidecar
-        self.gpu = cu.device_properties(gpu)
-        _check_compatible(path, sidecar, self.gpu)
+        self.trt = tensorrt_module(runtime)
+        self.lean = is_lean(self.trt)
+        if self.lean:
+            problem = lean_runtime_problem(sidecar, str(self.trt.__version__))
+            if problem:
+                raise UlffnError(f"{path.name} cannot run on the lean runtime: {problem}",
+                                 _rebuild_hint(path, sidecar, "--version-compatible"))
+        cuda = _cuda()
+        try:
+            self.gpu = cuda.device_properties(gpu)  # before any TensorRT object: see the module docstring
+        except UlffnError as exc:
+            raise UlffnError(f"cannot run {path.name}: no usable NVIDIA GPU {gpu} ({exc.message})",
+                             "a CUDA driver and GPU are needed; run the ONNX file with ONNX Runtime on CPU") from exc
+        _check_compatible(path, sidecar, self.gpu, str(self.trt.__version__))
         plan = path.read_bytes()
-        if sidecar.get("engine_sha256") not in (None, hashlib.sha256(plan).hexdigest()):
+        plan_sha256 = hashlib.sha256(plan).hexdigest()
+        if sidecar.get("engine_sha256") not in (None, plan_sha256):
             raise UlffnError(f"{path.name} does not match its sidecar (another build's metadata)",
                              _rebuild_hint(path, sidecar))
+        self.host_code_allowed = host_code_allowed(sidecar, plan_sha256)
         super().__init__(path, ArtifactMetadata.from_mapping(sidecar, path), fit_mode)
         self.use_cuda_graph = use_cuda_graph
         self._owned: list[_Resource] = []  # CUDA resources, freed in reverse order
         self._graph: cu.Graph | None = None
         self._shape: Shape | None = None
-        cu.set_device(gpu)
+        cuda.set_device(gpu)
         try:
-            self._open_engine(plan)
+            self._open_engine(plan, lean_library)
             self._allocate()
         except BaseException:
             self._close_impl()
             raise
 
     # -- setup ----------------------------------------------------------------------------------------
-    def _open_engine(self, plan: bytes) -> None:
-        self._runtime = trt.Runtime(_LOGGER)
+    def _make_runtime(self, lean_library: str | None) -> tensorrt.Runtime:
+        """A TensorRT runtime for this plan: host code allowed only for a verified version-compatible plan; the
+        separately installed lean runtime for a plan built without one; the DLA core the plan was built for."""
+        flags = self.sidecar.get("build_flags") or {}
+        trt = self.trt
+        runtime: tensorrt.Runtime = trt.Runtime(_logger(trt))
+        runtime.engine_host_code_allowed = self.host_code_allowed
+        if flags.get("exclude_lean_runtime"):
+            library = Path(lean_library) if lean_library else lean_library_for(self.trt, self.sidecar, self.path)
+            loaded = runtime.load_runtime(str(library))
+            if loaded is None:
+                raise UlffnError(f"TensorRT could not load the lean runtime {library} (see the TensorRT log above)")
+            self._base_runtime = runtime  # keep the runtime that loaded it alive
+            runtime = loaded
+            runtime.engine_host_code_allowed = self.host_code_allowed
+        if flags.get("dla_core") is not None:
+            runtime.DLA_core = int(flags["dla_core"])
+        return runtime
+
+    def _open_engine(self, plan: bytes, lean_library: str | None) -> None:
+        self._runtime = self._make_runtime(lean_library)
         engine = self._runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise UlffnError(f"TensorRT could not deserialize {self.path.name} (see the TensorRT log above)",
                              _rebuild_hint(self.path, self.sidecar))
         self.engine = engine
+        trt = self.trt
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(inputs) != 1 or len(outputs) != 1:
             raise UlffnError(f"{self.path.name}: expected one input and one output tensor, found {inputs} and {outputs}")
         self.input_name, self.output_name = inputs[0], outputs[0]
-        self.input_dtype = _numpy_type(engine, self.input_name)
-        self.output_dtype = _numpy_type(engine, self.output_name)
+        types = _numpy_types(trt)
+        self.input_dtype = _numpy_type(engine, self.input_name, types)
+        self.output_dtype = _numpy_type(engine, self.output_name, types)
         self.profile = Profile(*(dims_to_shape(d) for d in engine.get_tensor_profile_shape(self.input_name, 0)))
         self.max_batch = self.profile.max[0]
+        check_declared_input(self.path, self.input_size, self.profile.min[2:], self.profile.max[2:])
         context = engine.create_execution_context()
         if context is None:
             raise UlffnError(f"TensorRT could not create an execution context for {self.path.name} (out of GPU memory?)")
         self.context = context
 
     def _allocate(self) -> None:
+        cuda = _cuda()
         largest = self.profile.max
         self._set_shape(largest)
         out_largest = dims_to_shape(self.context.get_tensor_shape(self.output_name))
         in_bytes = _nbytes(largest, self.input_dtype)
         out_bytes = _nbytes(out_largest, self.output_dtype)
-        self.stream = self._own(cu.Stream())
-        self.host_in, self.device_in = self._own(cu.PinnedBuffer(in_bytes)), self._own(cu.DeviceBuffer(in_bytes))
-        self.host_out, self.device_out = self._own(cu.PinnedBuffer(out_bytes)), self._own(cu.DeviceBuffer(out_bytes))
-        self.events = [self._own(cu.Event()) for _ in range(4)]
+        self.stream: cu.Stream = self._own(cuda.Stream())
+        self.host_in: cu.PinnedBuffer = self._own(cuda.PinnedBuffer(in_bytes))
+        self.device_in: cu.DeviceBuffer = self._own(cuda.DeviceBuffer(in_bytes))
+        self.host_out: cu.PinnedBuffer = self._own(cuda.PinnedBuffer(out_bytes))
+        self.device_out: cu.DeviceBuffer = self._own(cuda.DeviceBuffer(out_bytes))
+        self.events: list[cu.Event] = [self._own(cuda.Event()) for _ in range(4)]
         for name, buffer in ((self.input_name, self.device_in), (self.output_name, self.device_out)):
             if not self.context.set_tensor_address(name, buffer.ptr):
                 raise UlffnError(f"TensorRT refused the device address for tensor {name!r}")
@@ -133,6 +278,14 @@ class TrtSegmenter(Segmenter):
     def _own(self, resource: R) -> R:
         self._owned.append(resource)
         return resource
+
+    @serialized
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return super().infer(batch)
+
+    @serialized
+    def close(self) -> None:
+        super().close()
 
     # -- inference ------------------------------------------------------------------------------------
     def _infer_impl(self, batch: np.ndarray) -> np.ndarray:
@@ -149,14 +302,15 @@ class TrtSegmenter(Segmenter):
         host_in = self.host_in.view(self.input_dtype, shape)
         host_in[:count] = batch
         host_in[count:] = 0
+        cuda = _cuda()
         start = time.perf_counter()
         h2d_start, h2d_end, compute_end, d2h_end = self.events
         h2d_start.record(self.stream)
-        cu.copy_to_device(self.device_in, self.host_in, host_in.nbytes, self.stream)
+        cuda.copy_to_device(self.device_in, self.host_in, host_in.nbytes, self.stream)
         h2d_end.record(self.stream)
         self._enqueue()
         compute_end.record(self.stream)
-        cu.copy_to_host(self.host_out, self.device_out, _nbytes(out_shape, self.output_dtype), self.stream)
+        cuda.copy_to_host(self.host_out, self.device_out, _nbytes(out_shape, self.output_dtype), self.stream)
         d2h_end.record(self.stream)
         self.stream.synchronize()
         self.last_timings = {
@@ -187,7 +341,7 @@ class TrtSegmenter(Segmenter):
             # TensorRT finishes shape-dependent setup in the first enqueue after a shape change, so run once
             # before capturing (TensorRT developer guide, "CUDA Graphs")
             self._execute(self.stream)
-            self._graph = cu.Graph(self.stream, self._execute)
+            self._graph = _cuda().Graph(self.stream, self._execute)
         self._graph.launch(self.stream)
 
     # -- teardown -------------------------------------------------------------------------------------
@@ -203,42 +357,60 @@ class TrtSegmenter(Segmenter):
         _run_all(frees)
 
     def _release_tensorrt(self) -> None:
-        for name in ("context", "engine", "_runtime"):  # context before engine before runtime
+        for name in ("context", "engine", "_runtime", "_base_runtime"):  # context, engine, then runtimes
             if hasattr(self, name):
                 delattr(self, name)
 
     def _backend_info(self) -> dict[str, Any]:
         return {
-            "tensorrt_version": trt.__version__,
+            "tensorrt_version": str(self.trt.__version__),
+            "tensorrt_runtime": self.trt.__name__,
+            "host_code_allowed": self.host_code_allowed,
             "gpu": self.gpu,
             "built_on": self.sidecar.get("gpu"),
             "profile": {"min": self.profile.min, "opt": self.profile.opt, "max": self.profile.max},
             "io_dtypes": [np.dtype(self.input_dtype).name, np.dtype(self.output_dtype).name],
             "use_cuda_graph": self.use_cuda_graph,
             "build_flags": self.sidecar.get("build_flags"),
+            "layer_precisions": self.sidecar.get("layer_precisions"),
         }
 
 
-def _numpy_type(engine: trt.ICudaEngine, name: str) -> Any:
+def _numpy_type(engine: tensorrt.ICudaEngine, name: str, types: dict[Any, Any]) -> Any:
     dtype = engine.get_tensor_dtype(name)
-    if dtype not in _NUMPY_TYPES:
+    if dtype not in types:
         raise UlffnError(f"tensor {name!r} has TensorRT type {dtype}, which this runtime does not handle",
                          "export with float32 inputs and outputs (the default)")
-    return _NUMPY_TYPES[dtype]
+    return types[dtype]
 
 
 def _nbytes(shape: Shape, dtype: Any) -> int:
     return int(np.prod(shape, dtype=np.int64)) * int(np.dtype(dtype).itemsize)
 
 
-def _rebuild_hint(path: Path, sidecar: dict[str, Any]) -> str:
-    command = sidecar.get("build_command") or f"ulffn-deploy build-engine --onnx SOURCE.onnx -o {path.name}"
+def _rebuild_hint(path: Path, sidecar: dict[str, Any], add: str = "") -> str:
+    command = shown_build_command(sidecar) or f"ulffn-deploy build-engine --onnx SOURCE.onnx -o {path.name}"
+    if add and add not in command.split():
+        command = f"{command} {add}"
     return f"rebuild it on this machine: {command}"
 
 
-def _check_compatible(path: Path, sidecar: dict[str, Any], gpu: dict[str, Any]) -> None:
+def lean_library_for(module: ModuleType, sidecar: dict[str, Any], path: Path) -> Path:
+    """The installed lean runtime library for a plan built with --exclude-lean-runtime: it must come from the
+    TensorRT version that built the plan (``Runtime.load_runtime``)."""
+    built = str(sidecar.get("tensorrt_version"))
+    library = lean_library(module)
+    if library is None or str(module.__version__) != built:
+        found = f"{module.__name__} {module.__version__}" + ("" if library else " without libnvinfer_lean")
+        raise UlffnError(f"{path.name} was built without its lean runtime by TensorRT {built}; {found} cannot load it",
+                         f"pip install 'tensorrt-lean-cu12=={built}', pass lean_library=PATH, or rebuild without "
+                         "--exclude-lean-runtime")
+    return library
+
+
+def _check_compatible(path: Path, sidecar: dict[str, Any], gpu: dict[str, Any], tensorrt_version: str) -> None:
     """Compare the sidecar with this GPU and TensorRT before deserializing (plans are not portable)."""
-    problem = engine_compatibility_problem(sidecar, gpu, trt.__version__)
+    problem = engine_compatibility_problem(sidecar, gpu, tensorrt_version)
     if problem:
         raise UlffnError(f"{path.name} cannot run here: {problem}", _rebuild_hint(path, sidecar))
     built_name = (sidecar.get("gpu") or {}).get("name")
