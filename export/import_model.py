@@ -449,7 +449,7 @@ def import_model(
     log: Callable[[str], None] = print,
 ) -> ExportResult:
     """Write ``out_dir``/model.fp32.onnx and model.fp16.onnx for the contract's model (module docstring).
-    Each file is written only if its checks pass; a UlffnError names any that did not pass."""
+    As in ``export``, each file is written only if its own checks pass; ``result.failed`` says why not."""
     contract = load_contract(contract_path)
     out = Path(out_dir)
     prepare_output_dir(out)
@@ -463,9 +463,4 @@ def import_model(
         for precision, graph in graphs.items():
             _export_one(precision, graph, out / FILE_NAMES[precision], reference, images_source, result)
     log(format_comparisons({p: (c, result.checks[p]) for p, c in result.comparisons.items()}))
-    if result.failed:
-        written = ", ".join(path.name for path in result.paths.values()) or "nothing"
-        why = "; ".join(f"{precision}: {reason}" for precision, reason in result.failed.items())
-        raise UlffnError(f"checks against the source model failed ({why}); written: {written}",
-                         "check the contract's input (channels, mean/std, scale) and output fields")
     return result

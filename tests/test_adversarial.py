@@ -202,11 +202,15 @@ def test_numbered_keys_never_take_another_inputs_own_key():
     assert len({key.casefold() for key in keys}) == 4
 
 
-def test_a_row_cut_short_by_a_kill_is_dropped(tmp_path, model, images):
+@pytest.mark.parametrize("earlier", [
+    "file,mask,height,width,lesion_pixels,lesion_fraction,mean_lesion_probability\n/x/a.png,a_mask.png,4\n",  # cut short
+    "",  # emptied
+    "file,height,width\n",  # an older layout
+])
+def test_a_table_left_damaged_by_a_kill_is_repaired(tmp_path, model, images, earlier):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "predictions.csv").write_text("file,mask,height,width,lesion_pixels,lesion_fraction,mean_lesion_probability\n"
-                                         "/x/a.png,a_mask.png,4\n")
+    (out / "predictions.csv").write_text(earlier)
     assert_one_line(run("predict", model, images, "-o", out, "--no-progress"), 0)
     rows = _csv_rows(out / "predictions.csv")
     assert len(rows) == 3 and all(row["mean_lesion_probability"] is not None for row in rows)

@@ -284,6 +284,19 @@ def test_verify_defaults_to_the_fp32_onnx_without_a_checkpoint(imported, data):
     assert report["reference"]["path"] == str(out / "model.fp32.onnx") and report["passed"]
 
 
+def test_benchmark_takes_the_fp32_onnx_as_its_reference(imported, data, tmp_path):
+    from ulffn_deploy.benchmark import run_benchmark
+
+    contract, out = imported
+    results = run_benchmark(out, tmp_path, batch_sizes=[1], quick=True, data_dir=data, build=False,
+                            backends=["onnxruntime"])
+    reference, *others = [row for row in results["rows"] if row["status"] == "ok"]
+    assert (reference["backend"], reference["path"]) == ("onnxruntime", "model.fp32.onnx")
+    assert others and all(row["passed"] for row in others) and "model.fp32.onnx" not in [r["path"] for r in others]
+    assert results["model"]["name"] == contract.name and results["model"]["gflops"] is None
+    assert f"Model: {contract.name} (imported)" in (tmp_path / "benchmark.md").read_text()
+
+
 # -- models that do not fit: one line naming the node or field, before any long work ---------------------
 
 def _import_error(folder, model=None, contract=ONNX_CONTRACT) -> str:
@@ -476,3 +489,36 @@ def test_model_tensors_named_like_the_toolkits_are_renamed(tmp_path):
     graph = onnx.load(str(result.paths["fp32"])).graph
     assert [v.name for v in graph.input] == ["image"] and [v.name for v in graph.output] == ["probabilities"]
     assert sum("probabilities" in node.output for node in graph.node) == 1
+
+
+def test_softmax_logits_get_their_softmax_in_the_head(tmp_path):
+    model = derm3_graph(outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])])
+    softmax = next(node for node in model.graph.node if node.op_type == "Softmax")
+    model.graph.node.remove(softmax)
+    contract = ONNX_CONTRACT.replace('values = "probabilities"', 'values = "logits"')
+    result = import_model(write_derm3(tmp_path, model, contract), tmp_path / "out", images=2, **QUIET)
+    assert result.comparisons["fp32"].max_abs_diff < 1e-5
+    fp16 = onnx.load(str(result.paths["fp16"]))
+    head = [node.op_type for node in fp16.graph.node if node.name.startswith("toolkit_head/")]
+    assert head == ["Gather", "Softmax", "Slice", "Sub", "Concat"]  # the BGR flip, then the head in FP32
+    made_by = {out: node for node in fp16.graph.node for out in node.output}
+    softmax = next(node for node in fp16.graph.node if node.name == "toolkit_head/Softmax")
+    assert made_by[softmax.input[0]].op_type == "Cast"  # reads the FP16 body's output cast back to FP32
+
+
+def test_a_precision_that_fails_its_checks_is_not_written(tmp_path, monkeypatch):
+    from ulffn_deploy.export import import_model as module
+
+    def flipped_prior(body, keep):  # an "FP16" graph that segments the skin instead of the lesion
+        changed = onnx.ModelProto()
+        changed.CopyFrom(body)
+        prior = next(init for init in changed.graph.initializer if init.name == "prior_w")
+        prior.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(prior), "prior_w"))
+        return changed
+
+    monkeypatch.setattr(module, "convert_to_fp16", flipped_prior)
+    path = write_derm3(tmp_path)
+    result = CliRunner().invoke(cli, ["import-model", str(path), "-o", str(tmp_path / "out"), "--images", "2"])
+    assert result.exit_code == 1
+    assert "FP16 failed its checks against the source model" in result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.fp32.onnx"]

@@ -225,7 +225,7 @@ def _sidecar(trt="10.13.0.35", cc="9.0", **flags):
         (_sidecar(), "10.13.1.2", "built with TensorRT 10.13.0.35 and this is TensorRT 10.13.1.2"),
         (_sidecar(cc="8.6"), "10.13.0.35", "compute capability 8.6"),
         (_sidecar(version_compatible=True), "10.14.0.1", None),
-        (_sidecar(version_compatible=True), "11.0.0.1", "this is TensorRT 11.0.0.1"),
+        (_sidecar(version_compatible=True), "11.0.0.1", None),  # version-compatible plans of 10 run on 11
         (_sidecar(version_compatible=True), "10.12.0.1", "this is TensorRT 10.12.0.1"),
         (_sidecar(cc="8.0", hardware_compatibility="ampere-plus"), "10.13.0.35", None),
     ],

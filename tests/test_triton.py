@@ -343,12 +343,27 @@ def test_eight_concurrent_clients(server: Server, local) -> None:  # type: ignor
         finally:
             client.close()
 
+    before = _metrics(server)
     threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
     assert not failures and done[0] == 160
+    after = _metrics(server)
+    requests = after["nv_inference_request_success"] - before["nv_inference_request_success"]
+    executions = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
+    assert requests == 160 and executions < requests  # Triton's dynamic batcher ran several requests at once
+
+
+def _metrics(server: Server, model: str = "ulffn") -> dict[str, float]:
+    """The Prometheus counters of ``model`` from the server's metrics port."""
+    from urllib.request import urlopen
+
+    with urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    label = f'{{model="{model}",version="1"}} '
+    return {line.split("{")[0]: float(line.split(label)[1]) for line in text.splitlines() if label in line}
 
 
 @needs_server
@@ -422,7 +437,9 @@ def test_sigterm_stops_the_server_within_10_s(server: Server) -> None:
     assert seconds < 10, f"took {seconds:.1f} s to stop:\n{server.tail()}"
     assert server.process.returncode == 0, server.tail()
     assert "stopping" in server.log.read_text(errors="replace")
-    assert not _processes_with(f"--http-port\0{server.http}\0"), "Triton processes are left"
+    assert not _processes_with(f"--http-port\0{server.http}\0"), "the Triton server is left"
+    assert not _processes_with(f"pytrtion{server.process.pid}-"), "Python-backend stubs are left"
+    assert not list(Path("/dev/shm").glob(f"pytrtion{server.process.pid}-*")), "shared memory is left"
 
 
 def _processes_with(argument: str) -> list[str]:

@@ -212,7 +212,7 @@ def cell_flags(result: Mapping[str, Any]) -> list[str]:
     if result["walltime_s"] < MIN_SECONDS:
         flags.append(f"{result['walltime_s']:.1f} s < {MIN_SECONDS:g} s")
     if host["median"] > 0 and host["p99"] / host["median"] > MAX_SPREAD:
-        flags.append(f"p99/median {host['p99'] / host['median']:.1f} > {MAX_SPREAD:g}")
+        flags.append(f"p99/median {host['p99'] / host['median']:.2f} > {MAX_SPREAD:g}")
     return flags
 
 

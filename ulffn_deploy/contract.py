@@ -180,9 +180,7 @@ class Source:
     @property
     def file(self) -> Path:
         """The file whose sha256 identifies the model: the ONNX file or the weights."""
-        path = self.onnx or self.weights
-        assert path is not None
-        return path
+        return self.onnx if self.onnx is not None else Path(str(self.weights))
 
 
 @dataclass(frozen=True)

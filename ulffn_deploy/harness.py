@@ -413,22 +413,28 @@ class Tolerance:
                 raise UlffnError(f"tolerance {name} = {value} is not in [0, 1]")
 
 
-# Measured (ONNX Runtime CPU against PyTorch, lesion probability; details in the report of issue 9):
+# Measured with this harness (ONNX Runtime CPU against PyTorch FP32; INT8 against PyTorch too; fit full):
 #
-#                                         max err   p99 err   mask Dice mean/min   label Dice drop
-#   trained cpu-demo model (w8, 96 px), 40 synthetic test images, fit full:
-#     fp32                                (see MEASURED below)
-#   full-size model (w64, 512 px, random weights, BatchNorm statistics perturbed), 8 synthetic images:
-#     fp32 / fp16                         (see MEASURED below)
+#                                   max err   p99 err   mask Dice mean (min)   label Dice drop
+#   quickstart's model (cpu-demo preset: width 8, 96 px, 30 epochs), its 40 synthetic test images:
+#     fp32                          3.2e-6    1.0e-6    1.0000 (1.0000)        0.0000 (label Dice 0.9455)
+#     fp16                          5.6e-3    9.5e-4    0.9999 (0.9993)        0.0000
+#     int8 (calibrate's defaults)   0.212     0.048     0.9928 (0.9387)        0.0004
+#   full-size model (width 64, 512 px, random weights, BatchNorm statistics perturbed), 8 synthetic images:
+#     fp32                          1.7e-4    5.3e-5    1.0000 (1.0000)        0.0000
+#     fp16                          1.3e-2    3.7e-3    0.9997 (0.9997)        0.0000
 #
-# FP16's max error reaches 1.3e-2 on the full-size model where its masks agree to 0.9996: a max gate
-# fails good models on the one pixel nearest 0.5, so the max is reported, never gated. The p99 limits sit
-# about 10x above the worst measured value, the agreement limits well below the worst measured mean, so
-# a real defect (a wrong layer, a wrong cast: mask agreement < 0.9, p99 > 0.05) fails and noise does not.
+# Why these limits: FP16's max error reaches 1.3e-2 on the full-size model while its masks agree to 0.9997,
+# so a max gate fails good models on the few pixels nearest 0.5; the max is reported, never gated. The p99
+# limits sit well above the worst measurement (FP16 2.7x, INT8 2.1x) yet below what a broken graph gives (a
+# negated head, as in tests/test_verify.py, leaves mask agreement under 0.5). FP32's p99 limit is FP16-like
+# because TensorRT runs FP32 engines with TF32 (10-bit mantissa) by default; ONNX Runtime FP32 is at 5e-5.
+# Mask agreement limits sit below the lowest measured mean (FP16 0.9997 vs 0.995, INT8 0.9928 vs 0.98); the
+# INT8 label Dice drop keeps the toolkit's earlier budget of 0.01 (measured 0.0004).
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(min_mask_agreement=0.999, max_p99_abs_diff=1e-3),
     "fp16": Tolerance(min_mask_agreement=0.995, max_p99_abs_diff=1e-2),
-    "int8": Tolerance(min_mask_agreement=0.98, max_p99_abs_diff=5e-2, max_label_dice_drop=0.01),
+    "int8": Tolerance(min_mask_agreement=0.98, max_p99_abs_diff=0.1, max_label_dice_drop=0.01),
 }
 
 

@@ -232,14 +232,11 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 
 
 def _append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Append ``rows`` to the CSV in one write (with the header when the file is new or of another layout)."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    """Append ``rows`` to the CSV in one write; a new, empty or older-layout file gets this header first."""
     if _header(path) != list(CSV_COLUMNS):
-        _compact_csv(path)  # a table of an older layout is rewritten with this one's header first
-    if not path.is_file():
-        writer.writeheader()
-    writer.writerows(rows)
+        _compact_csv(path)
+    text = io.StringIO()
+    csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n").writerows(rows)
     with output_errors(path), open(path, "a", encoding="utf-8", newline="") as handle:
         handle.write(text.getvalue())
 

@@ -120,11 +120,11 @@ class Quickstart:
         target = best_builder()
         if target.name not in CPU_BUILDS:
             precision = target.default_build_precision
-            path = build(target.name, default_onnx(self.artifacts, precision))
-            self.log(f"built {path} ({target.name}, {precision})")
-            return {"backend": target.name, "precision": precision, "artifact": str(path), "built": [str(path)]}
+            engine = build(target.name, default_onnx(self.artifacts, precision))
+            self.log(f"built {engine} ({target.name}, {precision})")
+            return {"backend": target.name, "precision": precision, "artifact": str(engine), "built": [str(engine)]}
         self.log("no TensorRT and NVIDIA GPU here: building the CPU artifacts")
-        built = [path for name, precision in CPU_BUILDS[target.name] if (path := self._build_cpu(name, precision))]
+        built = [path for name, precision in CPU_BUILDS[target.name] if (path := self._build_cpu(name, precision)) is not None]
         verified = {path.name: self._quick_verify(path) for path in built}
         chosen = default_artifact(self.artifacts)
         self.log(f"default artifact (fastest that passed verify here): {chosen.name}")
@@ -147,7 +147,11 @@ class Quickstart:
         from ulffn_deploy.latency import Schedule
         from ulffn_deploy.verify import verify_artifact
 
-        report = verify_artifact(path, self.checkpoint, self.data, schedule=Schedule(iterations=20, duration_s=1.0))
+        try:
+            report = verify_artifact(path, self.checkpoint, self.data, schedule=Schedule(iterations=20, duration_s=1.0))
+        except UlffnError as exc:
+            self.log(f"verify {path.name}: could not run ({exc.message})")
+            return {"passed": False, "median_ms": None}
         median = report["latency"]["series"]["host"]["median"]
         self.log(f"verify {path.name}: {'pass' if report['passed'] else 'FAIL'}, median {median:.2f} ms")
         return {"passed": report["passed"], "median_ms": median}

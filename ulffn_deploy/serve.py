@@ -296,8 +296,48 @@ def _run_triton(models: ServedModels, parameters: Mapping[str, str], log: Callab
         log("stopping")
     finally:
         triton.stop()
+        if left := stop_leftovers(f"pytrtion{os.getpid()}-"):
+            log(f"ended {len(left)} Triton backend process(es) that outlived the server")
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _descendants(marker: str) -> list[int]:
+    """Processes whose command line contains ``marker``, and their descendants (Linux ``/proc``)."""
+    parents: dict[int, int] = {}
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # the process ended while we read it
+            continue
+        if marker.encode() in cmdline:
+            found.add(int(entry.name))
+    while True:
+        children = {pid for pid, parent in parents.items() if parent in found} - found
+        if not children:
+            return sorted(found)
+        found |= children
+
+
+def stop_leftovers(marker: str, grace_s: float = 2.0) -> list[int]:
+    """Kill what outlived Triton: Python-backend stubs whose shared-memory name starts with ``marker``
+    (PyTriton names it after the serving process) and their children, which PyTriton 0.7 leaves behind
+    at times after stopping (they ignore SIGTERM); then remove their shared-memory regions. Returns the pids."""
+    deadline = time.monotonic() + grace_s
+    while (left := _descendants(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for region in Path("/dev/shm").glob(marker + "*"):
+        region.unlink(missing_ok=True)
+    return left
 
 
 # -- clients -------------------------------------------------------------------------------------------
@@ -513,7 +553,8 @@ def concurrency_sweep(url: str, image: np.ndarray, levels: Sequence[int] = SWEEP
     try:
         for _ in range(warmup):
             send(probe)
-        parameters = probe.config(target.model).get("parameters", {})
+        parameters = {key: value for key, value in probe.config(target.model).get("parameters", {}).items()
+                      if key.startswith(PARAMETER_PREFIX)}  # not PyTriton's workspace path
     finally:
         probe.close()
     load_before = os.getloadavg()[0]

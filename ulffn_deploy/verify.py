@@ -97,7 +97,8 @@ def _describe_runner(runner: Segmenter, path: Path) -> dict[str, Any]:
     described: dict[str, Any] = {key: info[key] for key in ("backend", "precision", "input_size") if key in info}
     # a Triton server URL (target "triton") has no file here: its URL, and size 0
     described.update(path=str(info.get("url", path)), size_mb=path.stat().st_size / 1e6 if path.is_file() else 0.0)
-    for key in ("device", "providers", "provider", "tensorrt_version", "tensorrt_runtime", "gpu", "layer_precisions"):
+    for key in ("device", "providers", "provider", "tensorrt_version", "tensorrt_runtime", "gpu", "layer_precisions",
+                "inference_precision", "runs_as"):
         if key in info:
             described[key] = info[key]
     return described
@@ -187,7 +188,9 @@ def format_verify_report(report: Mapping[str, Any]) -> str:
     fields["per_image"] = []
     comparison = Comparison(**fields)
     lines = [
-        f"Artifact:  {art['path']} ({art['backend']}, {art['precision']}, {art['size_mb']:.2f} MB"
+        f"Artifact:  {art['path']} ({art['backend']}, {art['precision']}"
+        + (f" running {art['runs_as']}" if art.get("runs_as", art["precision"]) != art["precision"] else "")
+        + f", {art['size_mb']:.2f} MB"
         + "".join(f", {count} {name}" for name, count in (art.get("layer_precisions") or {}).items())
         + (" layers)" if art.get("layer_precisions") else ")"),
         f"Reference: {ref['path']} ({ref['backend']}, {ref['precision']}; sha256 {ref['sha256'][:12]}..., "

@@ -40,7 +40,9 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @click.option("--warmup-ms", type=click.FloatRange(min=0), help="Warm-up per cell.  [default: 200]")
 @click.option("--iterations", type=click.IntRange(min=1), help="Timed calls per cell (at least).  [default: 10]")
 @click.option("--duration", type=click.FloatRange(min=0), help="Timed seconds per cell (at least).  [default: 3]")
-@click.option("--reference", type=click.Path(dir_okay=False), help="Checkpoint.  [default: ARTIFACTS/run/best.pt]")
+@click.option("--reference", type=click.Path(dir_okay=False),
+              help="The reference (first row): a checkpoint, or an imported model's model.fp32.onnx.  "
+                   "[default: ARTIFACTS/run/best.pt, else ARTIFACTS/model.fp32.onnx]")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Images.  [default: ARTIFACTS/data]")
 @click.option("--backends", default=None, callback=_backends,
               help="Comma-separated targets to run (PyTorch FP32 always runs: it is the baseline).  [default: every "

@@ -20,7 +20,8 @@ from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
 
 SIDECAR_FIELDS = ("backend", "created", "build_seconds", "toolkit_version", "tensorrt_version", "onnxruntime_version",
-                  "graph_optimization", "gpu", "cpu", "build_flags", "engine_sha256")
+                  "graph_optimization", "gpu", "cpu", "build_flags", "engine_sha256", "openvino_version",
+                  "inference_precision", "runs_as")
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -93,7 +94,7 @@ def _describe_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _describe_sidecar(path: Path) -> dict[str, Any]:
-    from ulffn_deploy.runtime.metadata import ArtifactMetadata, read_sidecar, sidecar_path
+    from ulffn_deploy.runtime.metadata import ArtifactMetadata, read_sidecar, shown_build_command, sidecar_path
 
     sidecar = read_sidecar(path)
     described = {key: sidecar[key] for key in SIDECAR_FIELDS if sidecar.get(key) is not None}
@@ -101,8 +102,8 @@ def _describe_sidecar(path: Path) -> dict[str, Any]:
     described["metadata"] = ArtifactMetadata.from_mapping(sidecar, sidecar_path(path)).to_dict()
     if isinstance(sidecar.get("source_onnx"), Mapping):
         described["source_onnx"] = dict(sidecar["source_onnx"])
-    command = sidecar.get("build_command")
-    if isinstance(command, str) and command.isprintable() and command.startswith("ulffn-deploy "):
+    command = shown_build_command(sidecar)
+    if command:
         described["build_command"] = command
     counts = layer_counts(sidecar.get("layer_precisions"))
     if counts:
@@ -131,11 +132,17 @@ def _problem(target: Any, path: Path) -> str | None:
         return str(exc)
 
 
+def _precision(meta: Mapping[str, Any], described: Mapping[str, Any]) -> str:
+    """The file's precision, and what computes when the sidecar says it differs (OpenVINO: ``fp16 (runs bf16)``)."""
+    runs = (described.get("sidecar") or {}).get("runs_as")
+    return meta["precision"] if not runs or runs == meta["precision"] else f"{meta['precision']} (runs {runs})"
+
+
 def format_artifact(described: Mapping[str, Any]) -> str:
     """The table ``info FILE`` prints."""
     meta = described["metadata"]
     config = meta.get("model_config") or {}
-    rows = [("file", described["path"]), ("backend", described["backend_title"]), ("precision", meta["precision"]),
+    rows = [("file", described["path"]), ("backend", described["backend_title"]), ("precision", _precision(meta, described)),
             ("input size", f"{meta['input_size']}x{meta['input_size']} (trained with fit {meta['fit_mode']})"),
             ("model", f"ULFFN {config['variant']}, base width {config['width']}" if config
              else f"{meta['model']} (imported with 'ulffn-deploy import-model')" if meta.get("model") else "not recorded"),

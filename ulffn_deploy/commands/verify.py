@@ -10,8 +10,8 @@ from ulffn_deploy.harness import tolerance_defaults
 from ulffn_deploy.preprocess import DEFAULT_FIT_MODE, FIT_MODES
 from ulffn_deploy.targets.registry import DEFAULT_RULE
 
-HELP = f"""Run ARTIFACT and its PyTorch reference on the same images; report output agreement, metrics against
-labels, trtexec-style latency, and pass/fail per precision.
+HELP = f"""Run ARTIFACT and its reference (the PyTorch checkpoint; an imported model's FP32 ONNX) on the same
+images; report output agreement, metrics against labels, trtexec-style latency, and pass/fail per precision.
 
 ARTIFACT defaults to the default artifact of ARTIFACTS: {DEFAULT_RULE}. Exit status 1 when a check fails.
 """

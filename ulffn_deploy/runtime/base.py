@@ -51,7 +51,8 @@ class Segmenter:
 
         ``fit_mode`` ("full" by default, or "paper") applies to every backend; other options go to the
         target (ONNX Runtime: ``device`` "cpu"/"cuda", ``threads``, ``optimization``; TensorRT:
-        ``use_cuda_graph``, ``gpu`` index; PyTorch: ``device``).
+        ``use_cuda_graph``, ``gpu`` index; OpenVINO (``.xml``): ``device`` "CPU"/"GPU"/"NPU"/"AUTO",
+        ``threads``, ``performance_hint`` "latency"/"throughput"; PyTorch: ``device``).
         """
         from ulffn_deploy.targets.registry import load
 

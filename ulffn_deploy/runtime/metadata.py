@@ -240,7 +240,8 @@ def engine_compatibility_problem(sidecar: Mapping[str, Any], gpu: Mapping[str, A
     built_trt = str(sidecar.get("tensorrt_version", "?"))
     have, want = _version_tuple(tensorrt_version), _version_tuple(built_trt)
     if flags.get("version_compatible"):
-        version_ok = bool(have) and bool(want) and have[0] == want[0] and have >= want
+        # the same or a later TensorRT: plans built version-compatible on 10 run on 11 (docs/tensorrt.md)
+        version_ok = bool(have) and bool(want) and have >= want
     else:
         version_ok = have == want
     if not version_ok:

@@ -150,8 +150,10 @@ class OnnxRuntimeTarget(Target):
     )
     default_build_precision = "fp32"
     rank = 10
-    # measured on CPUs (benchmarks/results): FP32 is ONNX Runtime's fastest path for this graph
-    preferred_precisions = ("fp32", "fp16", "int8")
+    # measured on CPUs (README, CPU deployment): FP32 is ONNX Runtime's fastest path for this graph; its INT8 is
+    # slower than FP32 (no QLinearConv fusion: ReLU -> BatchNorm sits between each Conv and its Q/DQ), so INT8
+    # files are never ONNX Runtime's preferred choice: OpenVINO runs model.int8.onnx on CPUs
+    preferred_precisions = ("fp32", "fp16")
 
     def load(self, path: Path, **options: Any) -> Segmenter:
         return OrtSegmenter(path, **options)

@@ -93,7 +93,7 @@ def runs_as(source_precision: str, inference_precision: str) -> str:
     """What actually computes: "fp32", "bf16", "fp16", or "int8+f32" (INT8 layers, the rest in f32)."""
     if source_precision == "int8":
         return f"int8+{inference_precision}"
-    return LABELS[inference_precision]
+    return LABELS.get(inference_precision, inference_precision)
 
 
 def resolve_inference_precision(requested: str, source_precision: str, caps: Sequence[str]) -> str:
@@ -142,7 +142,7 @@ def compatibility_problem(path: Path, sidecar: Mapping[str, Any], caps: Sequence
     need = NEEDS_CAPABILITY.get(precision)
     if need and need not in caps:
         cpu = (sidecar.get("cpu") or {}).get("name", "another CPU")
-        return (f"it was built on {cpu} to run {LABELS[precision]} and this CPU has no {need} support; "
+        return (f"it was built on {cpu} to run {LABELS.get(precision, precision)} and this CPU has no {need} support; "
                 f"rebuild it here: {rebuild_command(path, sidecar)}")
     return None
 
@@ -154,7 +154,7 @@ class OpenVinoSegmenter(Segmenter):
 
     def __init__(self, path: Path, fit_mode: str = "full", device: str = "CPU", threads: int | None = None,
                  performance_hint: str | None = None) -> None:
-        self.sidecar = read_sidecar(path, f"rebuild it with 'ulffn-deploy build-engine --backend openvino'")
+        self.sidecar = read_sidecar(path, "rebuild it with 'ulffn-deploy build-engine --backend openvino'")
         super().__init__(path, ArtifactMetadata.from_mapping(self.sidecar, path), fit_mode)
         self.device = _check_device(device)
         hint = performance_hint or (self.sidecar.get("build_flags") or {}).get("performance_hint") or "latency"
@@ -300,8 +300,12 @@ def build_openvino_ir(source_onnx: Path, output: Path, options: Mapping[str, Any
     precision = resolve_inference_precision(options["inference_precision"], source.metadata.precision, caps)
     if output.suffix != ".xml":
         raise UlffnError(f"{output}: an OpenVINO IR file name ends in .xml", "choose -o model.<precision>.xml")
+    from ulffn_deploy.fileio import output_errors
+
     start = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    with output_errors(output):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         readable, recoded = source.path, 0
         if source.metadata.precision == "int8":
@@ -369,8 +373,8 @@ def _check_ir(xml: Path, source: Any, precision: str) -> dict[str, Any]:
     kind = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
     expected = np.asarray(session.run(None, {source.input_name: batch.astype(kind)})[0], np.float32)
     if got.shape != expected.shape or not np.all(np.isfinite(got)):
-        raise UlffnError(f"the OpenVINO IR of {source.path.name} gives {'shape ' + str(got.shape) if got.shape != expected.shape else 'non-finite values'}",
-                         "report the model; ONNX Runtime runs it")
+        what = f"shape {got.shape}" if got.shape != expected.shape else "non-finite values"
+        raise UlffnError(f"the OpenVINO IR of {source.path.name} gives {what}", "report the model; ONNX Runtime runs it")
     return {"input_shape": list(batch.shape), "max_abs_difference_vs_onnxruntime": float(np.max(np.abs(got - expected)))}
 
 
