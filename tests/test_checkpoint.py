@@ -10,10 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from ulffn_deploy.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint  # noqa: E402
 from ulffn_deploy.config import ModelConfig, Normalization  # noqa: E402
 from ulffn_deploy.errors import UlffnError  # noqa: E402
 from ulffn_deploy.model import build_model  # noqa: E402
-from ulffn_deploy.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint  # noqa: E402
 
 PLAIN = (int, float, str, bool, type(None))
 

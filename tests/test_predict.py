@@ -13,7 +13,6 @@ from PIL import Image
 from tiny_models import sample_images, tiny_onnx
 
 from ulffn_deploy.cli import cli
-from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.imageio import read_mask, read_rgb
 from ulffn_deploy.predict import collect_images, outline, overlay, predict_paths
 from ulffn_deploy.runtime import Segmenter

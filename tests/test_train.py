@@ -11,12 +11,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from ulffn_deploy.checkpoint import load_checkpoint, load_model  # noqa: E402
 from ulffn_deploy.config import Normalization  # noqa: E402
 from ulffn_deploy.data import IsicSegmentation  # noqa: E402
 from ulffn_deploy.errors import UlffnError  # noqa: E402
 from ulffn_deploy.synth import generate_dataset  # noqa: E402
 from ulffn_deploy.train.augment import colour_jitter, geometric  # noqa: E402
-from ulffn_deploy.checkpoint import load_checkpoint, load_model  # noqa: E402
 from ulffn_deploy.train.dataset import (  # noqa: E402
     EpochSampler,
     SegmentationDataset,

@@ -16,8 +16,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ulffn_deploy.synth import generate_dataset  # noqa: E402
 from ulffn_deploy.checkpoint import load_checkpoint  # noqa: E402
+from ulffn_deploy.synth import generate_dataset  # noqa: E402
 from ulffn_deploy.train.trainer import train  # noqa: E402
 
 OPTIONS = {"preset": "cpu-demo", "width": 8, "size": 32, "batch_size": 4, "val_count": 4, "epochs": 1,

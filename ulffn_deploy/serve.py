@@ -389,7 +389,7 @@ class TritonClient:
                 import tritonclient.grpc as module
             else:
                 import tritonclient.http as module
-        except ImportError as exc:
+        except (ImportError, RuntimeError) as exc:  # RuntimeError: tritonclient without that protocol's extra
             raise UlffnError(f"talking to a Triton server needs tritonclient ({exc})", SERVE_EXTRA_HINT) from exc
         self.module = module
         self.exceptions = __import__("tritonclient.utils", fromlist=["InferenceServerException"])

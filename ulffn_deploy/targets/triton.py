@@ -92,8 +92,8 @@ class TritonTarget(Target):
     def unavailable_reason(self) -> str | None:
         try:
             import tritonclient.http  # noqa: F401
-        except ImportError as exc:
-            return f"tritonclient is not installed ({exc})"
+        except (ImportError, RuntimeError) as exc:  # RuntimeError: installed without its http extra
+            return f"tritonclient's HTTP client is not importable ({' '.join(str(exc).split())[:120]})"
         return None
 
     def load(self, path: Path, **options: Any) -> Segmenter:
