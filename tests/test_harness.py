@@ -212,7 +212,7 @@ def test_overrides_and_bad_tolerances():
     assert tolerance_for("int8", agreement=0.5).max_label_dice_drop == tolerance_for("int8").max_label_dice_drop
     assert tolerance_for("fp32", label_dice_drop=0.02).max_label_dice_drop == 0.02
     with pytest.raises(UlffnError, match="unknown precision"):
-        tolerance_for("bf16")
+        tolerance_for("fp8")
     with pytest.raises(UlffnError, match="not in"):
         Tolerance(1.5, 0.1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
@@ -110,3 +111,11 @@ def test_predict_and_verify_pick_the_same_default_artifact(tmp_path):
     verified = run_cli("verify", "--artifacts", str(folder), "--iterations", "2")
     assert verified.returncode == 0, verified.stderr
     assert f"Artifact:  {expected}" in verified.stdout
+    expected = registry.default_artifact(folder)  # verify recorded its pass: the rule now prefers it
+    benchmarked = run_cli("benchmark", "--artifacts", str(folder), "--quick", "--batch-sizes", "1",
+                          "--backends", "onnxruntime", "--no-build", "-o", str(tmp_path / "bench"))
+    assert benchmarked.returncode == 0, benchmarked.stderr
+    results = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
+    assert results["default_artifact"] == expected.name
+    assert f"Default artifact of the folder (what predict and verify use when no model is named): {expected.name}" \
+        in (tmp_path / "bench" / "benchmark.md").read_text()

@@ -250,7 +250,7 @@ def _precision_label(segmenter: Segmenter) -> str:
 def run_candidate(candidate: Candidate, reference: _Replay | None, source: ImageSource, fit_mode: str | None,
                   batch_sizes: Sequence[int], schedule: Schedule, open_options: Mapping[str, Any]) -> dict[str, Any]:
     """Accuracy (against ``reference``; None for the reference itself) and latency of one candidate."""
-    from ulffn_deploy.harness import check, compare, passed, tolerance_for
+    from ulffn_deploy.harness import check, compare, judged_precision, passed, tolerance_for
     from ulffn_deploy.runtime import Segmenter
 
     row = _row_head(candidate)
@@ -259,7 +259,7 @@ def run_candidate(candidate: Candidate, reference: _Replay | None, source: Image
                    size_mb=_size_mb(candidate.path))
         if reference is not None:
             comparison = compare(reference, segmenter, source, ACCURACY_BATCH, fit_mode)  # type: ignore[arg-type]
-            checks = check(comparison, tolerance_for(segmenter.precision))
+            checks = check(comparison, tolerance_for(judged_precision(segmenter)))
             row.update(mask_agreement=comparison.mask_dice, p99_abs_diff=comparison.p99_abs_diff,
                        label_dice=(comparison.metrics or {}).get("candidate", {}).get("dice"),
                        label_dice_drop=comparison.label_dice_drop, passed=passed(checks),
@@ -351,6 +351,7 @@ def run_benchmark(
     add_derived(rows, info["gflops"])
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "default_artifact": _default_artifact_name(folder),
         "machine": machine_description(),
         "model": {**info, "checkpoint": str(checkpoint)},
         "settings": {"data": images.description, "num_images": len(images), "fit_mode": fit_mode or "full",
@@ -361,6 +362,17 @@ def run_benchmark(
     }
     write_results(results, Path(out_dir) if out_dir else folder / "benchmark")
     return results
+
+
+def _default_artifact_name(folder: Path) -> str | None:
+    """What predict and verify use in ``folder`` when no model is named (registry.DEFAULT_RULE), now that
+    missing artifacts are built and verified ones recorded."""
+    from ulffn_deploy.targets.registry import default_artifact
+
+    try:
+        return default_artifact(folder).name
+    except UlffnError:
+        return None
 
 
 def reference_info(reference: Path) -> dict[str, Any]:
@@ -470,6 +482,9 @@ def format_markdown(results: Mapping[str, Any]) -> str:
          + "; speed-up = PyTorch FP32 median / median at the same batch size; GFLOP/s = GFLOPs per image x batch / median"),
         (f"- ⚠ marks a latency cell not to be trusted: fewer than {trusted['min_calls']} timed calls, under "
          f"{trusted['min_seconds']:g} s timed, or p99/median above {trusted['max_p99_over_median']:g} (see Latency flags)"),
+        "",
+        f"- Default artifact of the folder (what predict and verify use when no model is named): "
+        f"{results.get('default_artifact') or 'none runs here'}",
         "",
         *_table_lines(results["rows"]),
         "",

@@ -30,10 +30,12 @@ from ulffn_deploy.harness import (
     format_checks,
     passed,
     preprocessing_of,
+    judged_precision,
     tolerance_for,
 )
 from ulffn_deploy.latency import Schedule, format_latency_table, measure
 from ulffn_deploy.metrics import format_table
+from ulffn_deploy.progress import Progress
 from ulffn_deploy.targets.registry import DEFAULT_ARTIFACTS, default_artifact, record_verification
 
 if TYPE_CHECKING:
@@ -147,9 +149,10 @@ def verify_artifact(
     schedule = schedule or Schedule()
     with Segmenter.load(artifact_path) as art, Segmenter.load(reference_path) as ref:
         same_model = check_same_model(art, reference_path, ref)
-        tolerance = tolerance_for(art.precision, tolerance_agreement, tolerance_p99, tolerance_label_dice)
+        tolerance = tolerance_for(judged_precision(art), tolerance_agreement, tolerance_p99, tolerance_label_dice)
         say(f"verifying {artifact_path} ({art.backend}, {art.precision}) against {reference_path} on {source.description}")
-        comparison = compare(ref, art, source, batch_size, fit_mode)
+        with Progress(len(source), "verify", unit="image", enabled=log is not None) as bar:
+            comparison = compare(ref, art, source, batch_size, fit_mode, progress=bar.advance_to)
         say(f"measuring latency ({schedule.describe()})")
         latency = measure_latency(art, source.input_batch(batch_size, preprocessing_of(art, fit_mode)), schedule)
         artifact_info, reference_info = _describe_runner(art, artifact_path), _describe_runner(ref, reference_path)
@@ -168,7 +171,7 @@ def verify_artifact(
                  "input_size": comparison.input_size, "labels": comparison.metrics is not None},
         "comparison": comparison.to_dict(),
         "latency": latency,
-        "tolerance": {"precision": art.precision, **vars(tolerance)},
+        "tolerance": {"precision": judged_precision(art), **vars(tolerance)},
         "checks": [c.to_dict() for c in checks],
         "passed": verdict,
     }
