@@ -28,9 +28,9 @@ from ulffn_deploy.harness import (
     find_images,
     format_agreement,
     format_checks,
+    judged_precision,
     passed,
     preprocessing_of,
-    judged_precision,
     tolerance_for,
 )
 from ulffn_deploy.latency import Schedule, format_latency_table, measure
