@@ -174,8 +174,8 @@ def find_candidates(folder: Path, checkpoint: Path, build: bool = True, backends
         if target.name == "pytorch":
             continue
         if not target.needs_file:
-            rows.append(Candidate(target, "-", folder, f"{target.title} serves over a URL; benchmark its server "
-                                                           "with its own tools"))
+            rows.append(Candidate(target, "-", folder, f"{target.title} serves over a URL: 'ulffn-deploy "
+                                                           "benchmark-server URL' sweeps its client concurrency"))
             continue
         if backends is not None and target.name not in backends:
             rows.append(Candidate(target, "-", folder, "not selected (--backends)"))
