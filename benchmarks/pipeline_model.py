@@ -16,18 +16,11 @@ from ulffn_deploy.errors import UlffnError
 
 
 def random_checkpoint(path: Path, width: int, size: int, seed: int = 0) -> Path:
-    import torch
-
     from ulffn_deploy.checkpoint import save_checkpoint
     from ulffn_deploy.config import Normalization
-    from ulffn_deploy.model import ULFFN
+    from ulffn_deploy.model import random_model
 
-    torch.manual_seed(seed)
-    model = ULFFN(width=width)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
+    model = random_model(width, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, {"model_config": model.config.to_dict(), "normalization": Normalization().to_dict(),
                            "input_size": size, "fit_mode": "full", "state_dict": model.eval().state_dict(), "epoch": 0})

@@ -34,17 +34,9 @@ def workdir() -> Path:
 @functools.cache
 def tiny_model(seed: int = 0):
     """A width-8 ULFFN with non-trivial BatchNorm statistics, so outputs vary across pixels and images."""
-    import torch
+    from ulffn_deploy.model import random_model
 
-    from ulffn_deploy.model import ULFFN
-
-    torch.manual_seed(seed)
-    model = ULFFN(width=WIDTH)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+    return random_model(WIDTH, seed)
 
 
 def save_tiny_checkpoint(path: Path, seed: int = 0) -> Path:

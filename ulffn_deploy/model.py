@@ -288,3 +288,15 @@ def model_info(config: ModelConfig, size: int = 512) -> dict[str, Any]:
         "flop_convention": FLOP_CONVENTION,
         "output_stride": OUTPUT_STRIDE,
     }
+
+
+def random_model(width: int, seed: int = 0) -> ULFFN:
+    """A ULFFN with random weights and perturbed BatchNorm statistics, in eval mode: its outputs vary across
+    pixels and images as a trained model's do. What tests and benchmarks use where no trained model exists."""
+    torch.manual_seed(seed)
+    model = ULFFN(width=width)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
