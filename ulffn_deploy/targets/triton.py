@@ -99,7 +99,9 @@ class TritonTarget(Target):
     def load(self, path: Path, **options: Any) -> Segmenter:
         reason = self.unavailable_reason()
         if reason:
-            raise UlffnError(f"cannot talk to {path}: {reason}", SERVE_EXTRA_HINT)
+            from ulffn_deploy.serve import parse_server_url
+
+            raise UlffnError(f"cannot talk to {parse_server_url(path)}: {reason}", SERVE_EXTRA_HINT)
         unknown = sorted(set(options) - {"fit_mode", "timeout_s"})
         if unknown:
             raise UlffnError(f"option(s) {', '.join(unknown)} do not apply to a Triton server URL")
