@@ -242,9 +242,9 @@ def _latency_cells(segmenter: Segmenter, source: ImageSource, fit_mode: str | No
 
 
 def _precision_label(segmenter: Segmenter) -> str:
-    """The file's precision, and what really computes when that differs (``fp16 (runs bf16)``)."""
-    runs = segmenter.info.get("runs_as")
-    return segmenter.precision if not runs or runs == segmenter.precision else f"{segmenter.precision} (runs {runs})"
+    from ulffn_deploy.runtime.metadata import precision_label
+
+    return precision_label(segmenter.precision, segmenter.info.get("runs_as"))
 
 
 def run_candidate(candidate: Candidate, reference: _Replay | None, source: ImageSource, fit_mode: str | None,

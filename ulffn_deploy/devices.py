@@ -21,16 +21,18 @@ TENSORRT_RUNTIMES = ("auto", "full", "lean")
 TENSORRT_HINT = "pip install 'ulffn-deploy[tensorrt]' on a machine with an NVIDIA GPU"
 
 
-def cpu_name() -> str:
-    """The CPU model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` value of ``/proc/cpuinfo`` ("" when absent), None where it is not readable (not Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return next((line.split(":", 1)[1].strip() for line in handle if line.lower().startswith(field)), "")
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+        return None
+
+
+def cpu_name() -> str:
+    """The CPU model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 # /proc/cpuinfo flag -> name: the instruction sets that decide CPU inference speed (FP32, INT8, BF16/FP16)
@@ -44,12 +46,11 @@ CPU_ISA_FLAGS = {
 def cpu_features() -> list[str] | None:
     """The inference-relevant ISA extensions of this CPU (``CPU_ISA_FLAGS`` names), None where /proc/cpuinfo
     is not readable (not Linux)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = next((set(line.split(":", 1)[1].split()) for line in handle if line.startswith("flags")), set())
-    except OSError:
+    flags = _cpuinfo("flags")
+    if flags is None:
         return None
-    return [name for flag, name in CPU_ISA_FLAGS.items() if flag in flags]
+    present = set(flags.split())
+    return [name for flag, name in CPU_ISA_FLAGS.items() if flag in present]
 
 
 def import_tensorrt() -> ModuleType | None:

@@ -297,6 +297,7 @@ def random_model(width: int, seed: int = 0) -> ULFFN:
     model = ULFFN(width=width)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
+            for buffer, low, high in ((module.running_mean, -0.2, 0.2), (module.running_var, 0.5, 2.0)):
+                if buffer is not None:
+                    buffer.uniform_(low, high)
     return model.eval()

@@ -36,6 +36,7 @@ from ulffn_deploy.harness import (
 from ulffn_deploy.latency import Schedule, format_latency_table, measure
 from ulffn_deploy.metrics import format_table
 from ulffn_deploy.progress import Progress
+from ulffn_deploy.runtime.metadata import precision_label
 from ulffn_deploy.targets.registry import DEFAULT_ARTIFACTS, default_artifact, record_verification
 
 if TYPE_CHECKING:
@@ -191,8 +192,7 @@ def format_verify_report(report: Mapping[str, Any]) -> str:
     fields["per_image"] = []
     comparison = Comparison(**fields)
     lines = [
-        f"Artifact:  {art['path']} ({art['backend']}, {art['precision']}"
-        + (f" running {art['runs_as']}" if art.get("runs_as", art["precision"]) != art["precision"] else "")
+        f"Artifact:  {art['path']} ({art['backend']}, {precision_label(art['precision'], art.get('runs_as'))}"
         + f", {art['size_mb']:.2f} MB"
         + "".join(f", {count} {name}" for name, count in (art.get("layer_precisions") or {}).items())
         + (" layers)" if art.get("layer_precisions") else ")"),

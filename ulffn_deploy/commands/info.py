@@ -133,9 +133,9 @@ def _problem(target: Any, path: Path) -> str | None:
 
 
 def _precision(meta: Mapping[str, Any], described: Mapping[str, Any]) -> str:
-    """The file's precision, and what computes when the sidecar says it differs (OpenVINO: ``fp16 (runs bf16)``)."""
-    runs = (described.get("sidecar") or {}).get("runs_as")
-    return meta["precision"] if not runs or runs == meta["precision"] else f"{meta['precision']} (runs {runs})"
+    from ulffn_deploy.runtime.metadata import precision_label
+
+    return precision_label(meta["precision"], (described.get("sidecar") or {}).get("runs_as"))
 
 
 def format_artifact(described: Mapping[str, Any]) -> str:

@@ -47,7 +47,7 @@ def command(paths: tuple[str, ...], out_dir: str, artifacts: str, batch_size: in
     from ulffn_deploy.errors import UlffnError
     from ulffn_deploy.overlay import OverlayStyle
     from ulffn_deploy.predict import predict_paths
-    from ulffn_deploy.targets.registry import default_artifact, is_artifact
+    from ulffn_deploy.targets.registry import default_artifact, is_artifact, target_for_path
 
     named = is_artifact(paths[0])
     inputs = paths[1:] if named else paths
@@ -56,7 +56,7 @@ def command(paths: tuple[str, ...], out_dir: str, artifacts: str, batch_size: in
     artifact = paths[0] if named else str(default_artifact(artifacts))
     options = {}
     if device:
-        if artifact.lower().endswith((".engine", ".plan")):
+        if target_for_path(artifact).name == "tensorrt":
             raise UlffnError("--device applies to .onnx and .pt models; TensorRT engines always run on the GPU")
         options["device"] = device
     if engine_cache:

@@ -309,3 +309,8 @@ def read_metadata(path: str | os.PathLike[str]) -> ArtifactMetadata:
     except Exception as exc:  # ONNX Runtime raises its own exception types for unreadable models
         raise UlffnError(f"{path}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:200]})") from exc
     return ArtifactMetadata.from_mapping(session.get_modelmeta().custom_metadata_map, path)
+
+
+def precision_label(precision: str, runs_as: str | None) -> str:
+    """The file's precision, and what really computes when that differs (OpenVINO: ``fp16 (runs bf16)``)."""
+    return precision if not runs_as or runs_as == precision else f"{precision} (runs {runs_as})"
