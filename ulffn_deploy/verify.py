@@ -28,37 +28,21 @@ from ulffn_deploy.harness import (
     find_images,
     format_agreement,
     format_checks,
-    judged_precision,
     passed,
     preprocessing_of,
+    runs_as_row,
     tolerance_for,
 )
 from ulffn_deploy.latency import Schedule, format_latency_table, measure
 from ulffn_deploy.metrics import format_table
 from ulffn_deploy.progress import Progress
-from ulffn_deploy.runtime.metadata import precision_label
-from ulffn_deploy.targets.registry import DEFAULT_ARTIFACTS, default_artifact, record_verification
+from ulffn_deploy.runtime.metadata import runs_as_text
+from ulffn_deploy.targets.registry import DEFAULT_ARTIFACTS, default_artifact, record_verification, target_for_path
 
 if TYPE_CHECKING:
     from ulffn_deploy.runtime import Segmenter
 
 LABEL_METRICS = ("dice", "jaccard", "accuracy", "sensitivity", "specificity")
-
-
-def recorded_checkpoint_sha256(artifact: Segmenter) -> str | None:
-    """The checkpoint sha256 an artifact records in its metadata, or for a sidecar written before sidecars
-    recorded it, in the metadata of the source ONNX it names, when that file is beside it unchanged."""
-    if artifact.metadata.checkpoint_sha256:
-        return artifact.metadata.checkpoint_sha256
-    source = artifact.metadata.extra.get("source_onnx")
-    if not isinstance(source, Mapping) or not source.get("file"):
-        return None
-    onnx_path = artifact.path.with_name(str(source["file"]))
-    if not onnx_path.is_file() or sha256_file(onnx_path) != source.get("sha256"):
-        return None
-    from ulffn_deploy.runtime.metadata import read_metadata
-
-    return read_metadata(onnx_path).checkpoint_sha256
 
 
 def default_reference(folder: Path) -> Path:
@@ -71,10 +55,10 @@ def default_reference(folder: Path) -> Path:
 def check_same_model(artifact: Segmenter, reference_path: Path, reference: Segmenter | None = None) -> dict[str, Any]:
     """The artifact's recorded checkpoint sha256 against the reference's: the file's own for a checkpoint
     (.pt), the one it records for an artifact reference (model.fp32.onnx); UlffnError if they differ."""
-    recorded = recorded_checkpoint_sha256(artifact)
+    recorded = artifact.metadata.checkpoint_sha256
     actual = sha256_file(reference_path)
     if reference is not None and reference.backend != "pytorch":
-        actual = recorded_checkpoint_sha256(reference) or actual
+        actual = reference.metadata.checkpoint_sha256 or actual
     if recorded and recorded != actual:
         raise UlffnError(
             f"{artifact.path.name} was made from a different checkpoint than {reference_path} "
@@ -96,15 +80,12 @@ def measure_latency(runner: Segmenter, batch: np.ndarray, schedule: Schedule) ->
 
 
 def _describe_runner(runner: Segmenter, path: Path) -> dict[str, Any]:
-    info = runner.info
-    described: dict[str, Any] = {key: info[key] for key in ("backend", "precision", "input_size") if key in info}
-    # a Triton server URL (target "triton") has no file here: its URL, and size 0
-    described.update(path=str(info.get("url", path)), size_mb=path.stat().st_size / 1e6 if path.is_file() else 0.0)
-    for key in ("device", "providers", "provider", "tensorrt_version", "tensorrt_runtime", "gpu", "layer_precisions",
-                "inference_precision", "runs_as"):
-        if key in info:
-            described[key] = info[key]
-    return described
+    """The runner's own ``info`` (every key its backend reports), with its path (a server's URL) and the size
+    of its model files (0 for a URL: no file here)."""
+    info = {key: value for key, value in runner.info.items()
+            if key not in ("normalization", "model_config", "fit_mode", "training_fit_mode")}
+    size = target_for_path(path).model_bytes(path) if path.is_file() else 0
+    return {**info, "path": str(info.get("url", path)), "size_mb": size / 1e6, "runs_as": runner.runs_as}
 
 
 def _reference_path(reference: str | os.PathLike[str] | None, folder: Path) -> Path:
@@ -143,14 +124,15 @@ def verify_artifact(
     from ulffn_deploy.runtime import Segmenter
 
     folder = Path(artifacts_dir)
-    artifact_path = Path(artifact) if artifact else default_artifact(folder)
+    artifact_path = Path(artifact) if artifact else default_artifact(folder, log=log)
     reference_path = _reference_path(reference, folder)
     source = find_images(data_dir or folder / "data", split, year, limit=num_images)
     say = log or (lambda message: None)
     schedule = schedule or Schedule()
     with Segmenter.load(artifact_path) as art, Segmenter.load(reference_path) as ref:
         same_model = check_same_model(art, reference_path, ref)
-        tolerance = tolerance_for(judged_precision(art), tolerance_agreement, tolerance_p99, tolerance_label_dice)
+        tolerance_row = runs_as_row(art)
+        tolerance = tolerance_for(tolerance_row, tolerance_agreement, tolerance_p99, tolerance_label_dice)
         say(f"verifying {artifact_path} ({art.backend}, {art.precision}) against {reference_path} on {source.description}")
         with Progress(len(source), "verify", unit="image", enabled=log is not None) as bar:
             comparison = compare(ref, art, source, batch_size, fit_mode, progress=bar.advance_to)
@@ -172,7 +154,7 @@ def verify_artifact(
                  "input_size": comparison.input_size, "labels": comparison.metrics is not None},
         "comparison": comparison.to_dict(),
         "latency": latency,
-        "tolerance": {"precision": judged_precision(art), **vars(tolerance)},
+        "tolerance": {"precision": tolerance_row, **vars(tolerance)},
         "checks": [c.to_dict() for c in checks],
         "passed": verdict,
     }
@@ -192,7 +174,7 @@ def format_verify_report(report: Mapping[str, Any]) -> str:
     fields["per_image"] = []
     comparison = Comparison(**fields)
     lines = [
-        f"Artifact:  {art['path']} ({art['backend']}, {precision_label(art['precision'], art.get('runs_as'))}"
+        f"Artifact:  {art['path']} ({art['backend']}, {runs_as_text(art['precision'], art.get('runs_as'))}"
         + f", {art['size_mb']:.2f} MB"
         + "".join(f", {count} {name}" for name, count in (art.get("layer_precisions") or {}).items())
         + (" layers)" if art.get("layer_precisions") else ")"),

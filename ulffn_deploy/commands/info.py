@@ -8,7 +8,6 @@ engines from their sidecars only, so neither needs torch (nor TensorRT).
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,10 @@ from ulffn_deploy.config import DEFAULT_SIZE, VARIANTS, ModelConfig
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
 
-SIDECAR_FIELDS = ("backend", "created", "build_seconds", "toolkit_version", "tensorrt_version", "onnxruntime_version",
-                  "graph_optimization", "gpu", "cpu", "build_flags", "engine_sha256", "openvino_version",
-                  "inference_precision", "runs_as")
+# sidecar fields shown elsewhere (the metadata, the build command checked before it is shown) or not for people
+SIDECAR_HIDDEN = frozenset({"format", "version", "build_command", "layer_precisions", "source_onnx", "input_name",
+                            "output_name", "normalization", "input_size", "fit_mode", "precision", "model_config",
+                            "checkpoint_sha256", "model", "keep_fp32", "model_contract"})
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -53,8 +53,10 @@ def describe_artifact(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UlffnError(f"{path}: no such model file", "pass an artifact (model.<precision>.*) or a checkpoint (best.pt)")
     described: dict[str, Any] = {"path": str(path), "backend": target.name, "backend_title": target.title,
-                                 "file_bytes": path.stat().st_size, "sha256": sha256_file(path)}
-    if target.name == "pytorch":
+                                 "description": target.description, "runs_on": target.runs_on,
+                                 "file_bytes": target.model_bytes(path), "sha256": sha256_file(path),
+                                 "files": [p.name for p in target.artifact_files(path)]}
+    if path.suffix.lower() == ".pt":
         described.update(_describe_checkpoint(path))
     elif path.name.lower().endswith(".onnx"):
         described.update(_describe_onnx(path))
@@ -65,12 +67,14 @@ def describe_artifact(path: str | Path) -> dict[str, Any]:
         raise UlffnError(f"{path}: its metadata sidecar {sidecar_path(path).name} is missing",
                          "rebuild it with 'ulffn-deploy build-engine', which writes the sidecar")
     problem = _problem(target, path)
+    if problem and target.unavailable_reason():
+        problem += f"; it runs on {target.runs_on} (checked here: {target.checked_here(path)})"
     described["runs_here"] = f"no: {problem}" if problem else "yes"
     return described
 
 
 def _describe_onnx(path: Path) -> dict[str, Any]:
-    from ulffn_deploy.targets.onnxruntime_build import describe_onnx
+    from ulffn_deploy.targets.onnx_source import describe_onnx
 
     source = describe_onnx(path)
     return {"metadata": source.metadata.to_dict(),
@@ -97,7 +101,7 @@ def _describe_sidecar(path: Path) -> dict[str, Any]:
     from ulffn_deploy.runtime.metadata import ArtifactMetadata, read_sidecar, shown_build_command, sidecar_path
 
     sidecar = read_sidecar(path)
-    described = {key: sidecar[key] for key in SIDECAR_FIELDS if sidecar.get(key) is not None}
+    described = {key: value for key, value in sidecar.items() if key not in SIDECAR_HIDDEN and value is not None}
     described["file"] = sidecar_path(path).name
     described["metadata"] = ArtifactMetadata.from_mapping(sidecar, sidecar_path(path)).to_dict()
     if isinstance(sidecar.get("source_onnx"), Mapping):
@@ -112,42 +116,39 @@ def _describe_sidecar(path: Path) -> dict[str, Any]:
 
 
 def layer_counts(value: Any) -> dict[str, int] | None:
-    """Layers per precision from a sidecar's ``layer_precisions``: {precision: count}, {layer: precision},
-    a list of precisions, or a list of {"precision": ...} entries; None when absent or unreadable."""
+    """Layers per precision from a sidecar's ``layer_precisions`` ({precision: count}, as a build writes it);
+    None when absent or not of that shape."""
     if isinstance(value, Mapping) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
         return {str(k): int(v) for k, v in value.items()}
-    items = list(value.values()) if isinstance(value, Mapping) else value
-    if not isinstance(items, list) or not items:
-        return None
-    names = [item.get("precision") if isinstance(item, Mapping) else item for item in items]
-    if not all(isinstance(name, str) for name in names):
-        return None
-    return dict(sorted(Counter(str(name) for name in names).items()))
+    return None
 
 
 def _problem(target: Any, path: Path) -> str | None:
     try:
-        return target.unavailable_reason() or target.artifact_problem(path)
+        return target.problem_here(path)  # type: ignore[no-any-return]
     except UlffnError as exc:
         return str(exc)
 
 
 def _precision(meta: Mapping[str, Any], described: Mapping[str, Any]) -> str:
-    from ulffn_deploy.runtime.metadata import precision_label
+    from ulffn_deploy.runtime.metadata import runs_as_text
 
-    return precision_label(meta["precision"], (described.get("sidecar") or {}).get("runs_as"))
+    return runs_as_text(meta["precision"], (described.get("sidecar") or {}).get("runs_as"))
 
 
 def format_artifact(described: Mapping[str, Any]) -> str:
     """The table ``info FILE`` prints."""
     meta = described["metadata"]
     config = meta.get("model_config") or {}
-    rows = [("file", described["path"]), ("backend", described["backend_title"]), ("precision", _precision(meta, described)),
+    rows = [("file", described["path"]),
+            ("backend", described["backend_title"] + (f": {described['description']}" if described.get("description") else "")),
+            ("precision", _precision(meta, described)),
             ("input size", f"{meta['input_size']}x{meta['input_size']} (trained with fit {meta['fit_mode']})"),
             ("model", f"ULFFN {config['variant']}, base width {config['width']}" if config
              else f"{meta['model']} (imported with 'ulffn-deploy import-model')" if meta.get("model") else "not recorded"),
             ("normalization", f"mean {meta['normalization']['mean']}, std {meta['normalization']['std']}"),
-            ("file size", f"{described['file_bytes'] / 1e6:.2f} MB ({described['file_bytes']:,} bytes)"),
+            ("file size", f"{described['file_bytes'] / 1e6:.2f} MB ({described['file_bytes']:,} bytes"
+                          + (f"; files {', '.join(described['files'])})" if len(described.get("files", [])) > 1 else ")")),
             ("sha256", described["sha256"])]
     rows += _optional_rows(described)
     rows.append(("runs here", described["runs_here"]))
@@ -173,8 +174,11 @@ def _optional_rows(described: Mapping[str, Any]) -> list[tuple[str, str]]:
     for key, label in (("build_flags", "build flags"), ("layer_counts", "layers by precision")):
         if sidecar.get(key):
             rows.append((label, ", ".join(f"{k} {v}" for k, v in sidecar[key].items())))
-    for key, label in (("tensorrt_version", "TensorRT"), ("onnxruntime_version", "ONNX Runtime"),
-                       ("build_command", "built with"), ("created", "built at")):
+    versions = [f"{key.removesuffix('_version')} {value}" for key, value in sidecar.items()
+                if key.endswith("_version") and isinstance(value, str)]
+    if versions:
+        rows.append(("built with versions", ", ".join(versions)))
+    for key, label in (("build_command", "built with"), ("created", "built at")):
         if sidecar.get(key):
             rows.append((label, str(sidecar[key])))
     return rows

@@ -26,8 +26,9 @@ cannot be read are reported and skipped; the exit code is then 1.
 @click.option("--fit", "fit_mode", type=click.Choice(("full", "paper")), default="full", show_default=True,
               help="full: resize the whole image to the model's input; paper: resize the shorter side and centre-crop "
                    "(outside the crop is background).")
-@click.option("--device", type=click.Choice(("cpu", "cuda")), default=None,
-              help="Device for .onnx (ONNX Runtime) and .pt models. [default: cpu]")
+@click.option("--device", default=None,
+              help="Device to run on, for targets that declare one (ONNX Runtime and PyTorch: cpu, cuda; OpenVINO: "
+                   "cpu, gpu, npu, auto). [default: the target's]")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @click.option("--engine-cache", type=click.Path(file_okay=False),
               help="Run an .onnx MODEL on TensorRT: build its engine into this folder on first use (per GPU and TensorRT "
@@ -53,12 +54,14 @@ def command(paths: tuple[str, ...], out_dir: str, artifacts: str, batch_size: in
     inputs = paths[1:] if named else paths
     if not inputs:
         raise click.UsageError("no images given after the model")
-    artifact = paths[0] if named else str(default_artifact(artifacts))
+    artifact = paths[0] if named else str(default_artifact(artifacts, log=lambda line: click.echo(line, err=True)))
     options = {}
     if device:
-        if target_for_path(artifact).name == "tensorrt":
-            raise UlffnError("--device applies to .onnx and .pt models; TensorRT engines always run on the GPU")
-        options["device"] = device
+        target = target_for_path(artifact)
+        declared = target.load_option("device")
+        if declared is None:
+            raise UlffnError(f"--device does not apply to {target.title} artifacts: they run on {target.runs_on}")
+        options["device"] = declared.validate(device.lower())
     if engine_cache:
         if not artifact.lower().endswith(".onnx") or device:
             raise UlffnError("--engine-cache applies to an .onnx model run on TensorRT (without --device)")

@@ -1,7 +1,8 @@
-"""Run a ULFFN artifact (.pt, .onnx or .engine) on images: ``Segmenter.load(path).predict(images)``.
+"""Run a ULFFN artifact on images: ``Segmenter.load(path).predict(images)``.
 
-Importing this package needs numpy and Pillow only; a backend's own packages are imported when a model of
-that kind is loaded (onnxruntime, torch, or tensorrt with cuda-python).
+Any artifact a registered target loads (``ulffn_deploy.targets.registry``: TensorRT engines, OpenVINO IR,
+ONNX files, checkpoints, Triton URLs, and targets registered by users). Importing this package needs numpy
+and Pillow only; a target's own packages are imported when one of its artifacts is loaded.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
-"""One segmentation interface for every backend: PyTorch checkpoints, ONNX Runtime and TensorRT engines.
+"""One segmentation interface for every target the registry knows (``ulffn_deploy.targets.registry``).
 
->>> with Segmenter.load("model.fp16.engine") as seg:      # or model.fp32.onnx, best.pt
+>>> with Segmenter.load("model.fp16.xml") as seg:         # any artifact: .engine, .onnx, .xml, best.pt, a URL
 ...     masks = seg.predict(images)                       # HxWx3 uint8 images -> HxW bool masks
 
-Pre- and post-processing are the shared numpy functions of ``ulffn_deploy.preprocess``; a backend only
-implements ``_infer_impl`` (a preprocessed batch to class probabilities) and ``_close_impl``.
+``Segmenter.load`` asks the registry which target an artifact belongs to and refuses, in one line, one that
+cannot run here or is stale. Pre- and post-processing are the shared numpy functions of
+``ulffn_deploy.preprocess``; a backend only implements ``_infer_impl`` (a preprocessed batch to class
+probabilities), ``_close_impl`` and ``_backend_info`` (its part of ``info``, with ``runs_as`` where the
+precision that computes differs from the file's).
 """
 
 from __future__ import annotations
@@ -65,6 +68,12 @@ class Segmenter:
     @property
     def precision(self) -> str:
         return self.metadata.precision
+
+    @property
+    def runs_as(self) -> str:
+        """The precision that computes: the file's, or what the backend runs it as when that differs (its
+        info's ``runs_as``: OpenVINO runs an fp16 file as bf16 on CPUs with BF16)."""
+        return str(self._backend_info().get("runs_as") or self.precision)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -150,6 +159,19 @@ class Segmenter:
             raise UlffnError(f"{self.path.name} returned shape {tuple(output.shape)} for input {batch.shape}, "
                              f"expected {expected}", "is this a ULFFN model exported by ulffn-deploy?")
         return np.ascontiguousarray(output, dtype=np.float32)
+
+
+class FunctionSegmenter(Segmenter):
+    """A function from a preprocessed batch to class probabilities, as a Segmenter (a build's self-check
+    compares a staged artifact that no target can load yet with its source this way)."""
+
+    def __init__(self, path: Path, metadata: ArtifactMetadata, function: Any, backend: str) -> None:
+        super().__init__(path, metadata)
+        self._function = function
+        self.backend = backend  # type: ignore[misc]
+
+    def _infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._function(batch), dtype=np.float32)
 
 
 def check_declared_input(path: Path, size: int, low_hw: Sequence[int | None], high_hw: Sequence[int | None]) -> None:

@@ -298,19 +298,11 @@ def get_metadata(model: onnx.ModelProto, source: str | os.PathLike[str] = "model
 
 def read_metadata(path: str | os.PathLike[str]) -> ArtifactMetadata:
     """The metadata of an ONNX file, read through ONNX Runtime (the onnx package is not needed)."""
-    import onnxruntime as ort
+    from ulffn_deploy.targets.onnx_source import open_onnx, session_metadata
 
-    if not os.path.isfile(path):
-        raise UlffnError(f"{path}: no such ONNX file")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ONNX Runtime raises its own exception types for unreadable models
-        raise UlffnError(f"{path}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:200]})") from exc
-    return ArtifactMetadata.from_mapping(session.get_modelmeta().custom_metadata_map, path)
+    return session_metadata(open_onnx(path), path)
 
 
-def precision_label(precision: str, runs_as: str | None) -> str:
-    """The file's precision, and what really computes when that differs (OpenVINO: ``fp16 (runs bf16)``)."""
+def runs_as_text(precision: str, runs_as: str | None) -> str:
+    """The file's precision, and what really computes (``runs_as``) when that differs: ``fp16 (runs bf16)``."""
     return precision if not runs_as or runs_as == precision else f"{precision} (runs {runs_as})"

@@ -89,8 +89,9 @@ class OrtSegmenter(Segmenter):
         if optimization not in OPTIMIZATION_LEVELS:
             raise UlffnError(f"unknown graph optimisation {optimization!r}", f"use one of {', '.join(OPTIMIZATION_LEVELS)}")
         self.session = create_session(path, providers, optimization, threads)
-        meta = ArtifactMetadata.from_mapping(self.session.get_modelmeta().custom_metadata_map, path)
-        super().__init__(path, meta, fit_mode)
+        from ulffn_deploy.targets.onnx_source import session_metadata
+
+        super().__init__(path, session_metadata(self.session, path), fit_mode)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise UlffnError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
@@ -142,11 +143,18 @@ class OnnxRuntimeTarget(Target):
 
     name = "onnxruntime"
     title = "ONNX Runtime"
+    description = "an ONNX model, run by ONNX Runtime (its CPU provider, or CUDA when asked for)"
+    runs_on = "any CPU (or an NVIDIA GPU with onnxruntime-gpu)"
+    packages = ("onnxruntime",)
     suffixes = (".onnx", ".ort.onnx")
     build_suffix = ".ort.onnx"
     build_options = (
         BuildOption("ort_optimization", str, "extended", "ONNX Runtime graph optimisation level saved in the model.",
                     choices=("basic", "extended")),
+    )
+    load_options = (
+        BuildOption("device", str, "cpu", "ONNX Runtime execution provider.", choices=DEVICES),
+        BuildOption("threads", int, None, "CPU threads (intra-op).", minimum=1),
     )
     default_build_precision = "fp32"
     rank = 10

@@ -259,7 +259,10 @@ class OpenVinoTarget(Target):
 
     name = "openvino"
     title = "OpenVINO"
+    description = "OpenVINO IR (.xml with its .bin weights), compiled for this CPU's inference precision"
+    packages = ("openvino",)
     suffixes = (".xml",)
+    load_options = (BuildOption("device", str, "cpu", "OpenVINO device.", choices=tuple(d.lower() for d in DEVICES)),)
     build_suffix = ".xml"
     build_options = BUILD_OPTIONS
     default_build_precision = "fp32"
@@ -272,6 +275,9 @@ class OpenVinoTarget(Target):
         import importlib.util
 
         return None if importlib.util.find_spec("openvino") else "openvino is not installed"
+
+    def companion_files(self, path: Path) -> tuple[Path, ...]:
+        return (weights_path(path),)
 
     def artifact_problem(self, path: Path) -> str | None:
         try:
@@ -362,20 +368,19 @@ def unsigned_activations(source: Path, output: Path) -> int:
 
 
 def _check_ir(xml: Path, source: Any, precision: str) -> dict[str, Any]:
-    """Run the saved IR as it will run and ONNX Runtime on the source, on one random batch; UlffnError when
-    the IR's output is not finite or has the wrong shape. Records the difference (bf16/int8 differ by design)."""
-    from ulffn_deploy.targets.onnxruntime import create_session
+    """The saved IR, run as it will run, against ONNX Runtime on the source through the harness's build check
+    (``onnx_source.check_build``): gated when it computes in f32 (the same graph), recorded otherwise
+    (bf16/int8 differ by design; verify judges them against the reference)."""
+    from ulffn_deploy.targets.onnx_source import check_build, run_onnx
 
-    batch = np.random.default_rng(0).standard_normal(source.example_shape()).astype(np.float32)
     compiled = core().compile_model(core().read_model(os.fspath(xml)), "CPU", {"INFERENCE_PRECISION_HINT": precision})
-    got = np.asarray(compiled.create_infer_request().infer([batch])[0], np.float32)
-    session = create_session(source.path)
-    kind = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-    expected = np.asarray(session.run(None, {source.input_name: batch.astype(kind)})[0], np.float32)
-    if got.shape != expected.shape or not np.all(np.isfinite(got)):
-        what = f"shape {got.shape}" if got.shape != expected.shape else "non-finite values"
-        raise UlffnError(f"the OpenVINO IR of {source.path.name} gives {what}", "report the model; ONNX Runtime runs it")
-    return {"input_shape": list(batch.shape), "max_abs_difference_vs_onnxruntime": float(np.max(np.abs(got - expected)))}
+    request = compiled.create_infer_request()
+
+    def run_ir(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(request.infer([batch])[0], np.float32)
+
+    return check_build(lambda batch: run_onnx(source, batch), run_ir, source, f"the OpenVINO IR of {source.path.name}",
+                       gate=precision == "f32")
 
 
 def _write_sidecar(output: Path, source: Any, precision: str, options: Mapping[str, Any], check: dict[str, Any],

@@ -11,7 +11,7 @@ import numpy as np
 from ulffn_deploy.deps import require
 from ulffn_deploy.runtime.base import Segmenter
 from ulffn_deploy.runtime.metadata import ArtifactMetadata
-from ulffn_deploy.targets.registry import Target
+from ulffn_deploy.targets.registry import BuildOption, Target
 
 
 class TorchSegmenter(Segmenter):
@@ -51,7 +51,11 @@ class PyTorchTarget(Target):
 
     name = "pytorch"
     title = "PyTorch"
+    description = "a training checkpoint, the reference every artifact is compared with"
+    runs_on = "the CPU, or a CUDA GPU"
+    packages = ("torch",)
     suffixes = (".pt",)
+    load_options = (BuildOption("device", str, "cpu", "PyTorch device.", choices=("cpu", "cuda")),)
     rank = 0
     install_hint = "pip install 'ulffn-deploy[train]'"
 

@@ -9,6 +9,11 @@ functions, so listing targets costs nothing. ``register()`` adds a module, e.g. 
 One rule picks a folder's default artifact (:func:`default_artifact`): among the ``model.<precision>.*``
 files whose target can run here, one that ``verify`` passed on this machine with the lowest measured
 latency; else the highest-ranked target, and within it that target's preferred precision.
+
+A built artifact's sidecar records the sha256 of the ONNX file it was built from (``source_onnx``);
+``Target.stale_problem`` compares it with the file of that name beside the artifact now, and checks that
+its companion files exist. A stale or incomplete artifact is skipped with a warning naming its rebuild
+command wherever artifacts are chosen or listed (``candidates``), and refused when named (``load``).
 """
 
 from __future__ import annotations
@@ -72,31 +77,41 @@ class BuildOption:
             raise UlffnError(f"{self.flag} {value} is above {self.maximum:g}")
         return converted
 
-    def to_args(self, value: Any) -> list[str]:
-        """The command-line arguments that give ``value`` (none for the default)."""
+    def to_args(self, value: Any, flag: str | None = None) -> list[str]:
+        """The command-line arguments that give ``value`` (none for the default) with ``flag`` (its own)."""
+        flag = flag or self.flag
         if value is None or value == self.default:
             return []
         if self.kind is bool:
-            return [self.flag] if value else []
-        return [self.flag, str(value)]
+            return [flag] if value else []
+        return [flag, str(value)]
 
 
 class Target:
-    """A deployment target. Subclasses set the class attributes and override what they support."""
+    """A deployment target. Subclasses set the class attributes and override what they support; every
+    attribute has a default here, so a target declares only what differs."""
 
     name: ClassVar[str]
     title: ClassVar[str]  # for tables: "ONNX Runtime"
-    suffixes: ClassVar[tuple[str, ...]]  # artifact suffixes it loads, longest match wins across targets
+    description: ClassVar[str] = ""  # one line for 'info': what the artifact is
+    runs_on: ClassVar[str] = "the CPU"  # where its artifacts run, for messages: "an NVIDIA GPU"
+    packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions describe it (benchmark, info)
+    suffixes: ClassVar[tuple[str, ...]] = ()  # artifact suffixes it loads, longest match wins across targets
     build_suffix: ClassVar[str | None] = None  # what build() writes: model.<precision><build_suffix>
     build_options: ClassVar[tuple[BuildOption, ...]] = ()
+    load_options: ClassVar[tuple[BuildOption, ...]] = ()  # what load() takes, e.g. "device", as CLI options
     default_build_precision: ClassVar[str] = "fp32"
     # default-artifact rule: higher rank first, then the first precision of this list that exists
     rank: ClassVar[int] = 0
     preferred_precisions: ClassVar[tuple[str, ...]] = PRECISIONS
     install_hint: ClassVar[str] = ""
-    needs_file: ClassVar[bool] = True  # False for targets addressed by a URL
+    addressed_by_url: ClassVar[bool] = False  # True: its artifacts are server URLs (accepts_url), not files
 
-    def match_length(self, name: str) -> int:
+    def accepts_url(self, address: str) -> bool:
+        """Whether ``address`` is a URL this target serves (targets addressed by a URL only)."""
+        return False
+
+    def suffix_length(self, name: str) -> int:
         """How specifically ``name`` (lower case) names an artifact of this target: its longest matching suffix."""
         return max((len(suffix) for suffix in self.suffixes if name.endswith(suffix)), default=0)
 
@@ -108,9 +123,104 @@ class Target:
         """Why this target cannot build artifacts here (one line), or None; by default the same as running."""
         return self.unavailable_reason()
 
+    def runs_here(self) -> bool:
+        return self.unavailable_reason() is None
+
+    def builds_here(self) -> bool:
+        return self.builds and self.build_unavailable_reason() is None
+
     def artifact_problem(self, path: Path) -> str | None:
-        """Why this artifact cannot run here although the target can (e.g. built for another GPU), or None."""
+        """Why this artifact cannot run here although the target can (e.g. built for another GPU), or None.
+        Stale and incomplete artifacts are found for every target by ``stale_problem``."""
         return None
+
+    def companion_files(self, path: Path) -> tuple[Path, ...]:
+        """Files besides ``path`` itself that the artifact needs to run (OpenVINO: the ``.bin`` of an ``.xml``)."""
+        return ()
+
+    def artifact_files(self, path: Path) -> list[Path]:
+        """Every file of the artifact: itself, its companion files and its sidecar when it has one."""
+        from ulffn_deploy.runtime.metadata import sidecar_path
+
+        sidecar = sidecar_path(path)
+        return [path, *self.companion_files(path), *([sidecar] if sidecar.is_file() else [])]
+
+    def model_bytes(self, path: Path) -> int:
+        """The bytes of the model: the artifact and its companion files (not the sidecar)."""
+        return sum(p.stat().st_size for p in (path, *self.companion_files(path)) if p.is_file())
+
+    def versions(self) -> dict[str, str | None]:
+        """The installed version of each of ``packages`` (None where not installed)."""
+        return {package: installed_version(package) for package in self.packages}
+
+    def device_of(self, info: Mapping[str, Any]) -> str:
+        """The device a loaded Segmenter's ``info`` says it runs on (benchmark's device column)."""
+        gpu = info.get("gpu")
+        if isinstance(gpu, Mapping) and gpu.get("name"):
+            return str(gpu["name"])
+        providers = info.get("providers")
+        if providers:
+            return str(providers[0]).replace("ExecutionProvider", "").lower()
+        return str(info.get("device", "cpu")).lower()
+
+    def load_option(self, name: str) -> BuildOption | None:
+        return next((option for option in self.load_options if option.name == name), None)
+
+    def stale_problem(self, path: Path) -> str | None:
+        """Why a built artifact must not be used although it may run: a companion file is missing, or its
+        sidecar records a source ONNX whose sha256 differs from the file of that name beside it now (the
+        model was exported again after the build). None when it is whole and current, or not built here."""
+        for companion in self.companion_files(path):
+            if not companion.is_file():
+                return f"{path.name} is incomplete: its {companion.name} is missing; rebuild: {self._rebuild_text(path, None)}"
+        sidecar = _sidecar_or_none(path)
+        if sidecar is None:
+            return None
+        from ulffn_deploy.targets.onnx_source import source_record
+
+        record = source_record(sidecar)
+        if record is None:
+            return None
+        name, recorded = record
+        source = path.parent / name
+        if not source.is_file():
+            return None  # built elsewhere and shipped alone: nothing here to differ from
+        current = _cached_sha256(source)
+        if current != recorded:
+            return (f"{path.name} is stale: it was built from another {name} than the one in {path.parent} now "
+                    f"(sha256 {recorded[:12]}... recorded, {current[:12]}... now); rebuild: "
+                    f"{self._rebuild_text(path, sidecar)}")
+        return None
+
+    def _rebuild_text(self, path: Path, sidecar: Mapping[str, Any] | None) -> str:
+        from ulffn_deploy.runtime.metadata import shown_build_command
+
+        command = shown_build_command(sidecar) if sidecar is not None else None
+        if command:
+            return command
+        import shlex
+
+        precision = precision_of(path) or self.default_build_precision
+        return shlex.join(self.rebuild_command(path.with_name(f"{ARTIFACT_PREFIX}{precision}.onnx"), path, {}))
+
+    def problem_here(self, path: Path) -> str | None:
+        """Why ``path`` cannot be used on this machine (target unavailable, stale or incomplete, or the
+        target's own ``artifact_problem``), or None."""
+        return self.unavailable_reason() or self.stale_problem(path) or self.artifact_problem(path)
+
+    def checked_here(self, path: Path) -> str:
+        """What can be checked of an artifact on a machine that cannot run it: its size, sidecar and source."""
+        parts = [f"{self.model_bytes(path) / 1e6:.2f} MB"]
+        sidecar = _sidecar_or_none(path)
+        if sidecar is not None:
+            parts.append("sidecar read")
+            from ulffn_deploy.targets.onnx_source import source_record
+
+            record = source_record(sidecar)
+            if record is not None:
+                beside = (path.parent / record[0]).is_file()
+                parts.append(f"built from {record[0]}" + (", which is unchanged" if beside else " (not beside it)"))
+        return ", ".join(parts)
 
     def load(self, path: Path, **options: Any) -> Segmenter:
         raise NotImplementedError
@@ -130,7 +240,8 @@ class Target:
         return source_onnx.with_name(source_onnx.name.removesuffix(".onnx") + self.build_suffix)
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Every build option of this target, from ``given`` or its default, validated."""
+        """Every build option of this target, from ``given`` or its default, validated by this target's own
+        declaration (options of the same name in other targets play no part)."""
         known = {option.name: option for option in self.build_options}
         unknown = sorted(set(given) - set(known))
         if unknown:
@@ -141,11 +252,66 @@ class Target:
 
     def option_args(self, options: Mapping[str, Any]) -> list[str]:
         """``options`` as build-engine arguments, for the rebuild command a sidecar records."""
-        return [arg for option in self.build_options for arg in option.to_args(options.get(option.name))]
+        flags = option_flags()
+        return [arg for option in self.build_options
+                for arg in option.to_args(options.get(option.name), flags.get((self.name, option.name)))]
 
     def rebuild_command(self, source_onnx: Path, output: Path, options: Mapping[str, Any]) -> list[str]:
         return ["ulffn-deploy", "build-engine", "--backend", self.name, "--onnx", str(source_onnx),
                 "-o", str(output), *self.option_args(options)]
+
+
+def installed_version(package: str) -> str | None:
+    """The installed version of a distribution (or of its -cu13/-cu12/-gpu variant), None when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in (package, f"{package}-cu13", f"{package}-cu12", f"{package}-gpu"):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _cached_sha256(path: Path) -> str:
+    """The file's sha256, computed once per (path, size, mtime) in this process."""
+    from ulffn_deploy.fileio import sha256_file
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_file(path)
+    return _SHA_CACHE[key]
+
+
+def _sidecar_or_none(path: Path) -> dict[str, Any] | None:
+    from ulffn_deploy.runtime.metadata import read_sidecar, sidecar_path
+
+    if not sidecar_path(path).is_file():
+        return None
+    try:
+        return read_sidecar(path)
+    except UlffnError:
+        return None
+
+
+def option_flags() -> dict[tuple[str, str], str]:
+    """The build-engine flag of every (target, option): ``--name`` where every target declaring ``name``
+    agrees on whether it is a flag or takes a value, else ``--<target>-<name>`` for each of them. The value
+    of a shared flag is validated by the chosen backend's own declaration (``Target.resolve_options``)."""
+    declared: dict[str, list[tuple[Target, BuildOption]]] = {}
+    for target in builders():
+        for option in target.build_options:
+            declared.setdefault(option.name, []).append((target, option))
+    flags = {}
+    for name, owners in declared.items():
+        shared = len({option.kind is bool for _, option in owners}) == 1
+        for target, option in owners:
+            flags[(target.name, name)] = option.flag if shared else f"--{target.name}-{option.flag[2:]}"
+    return flags
 
 
 def register(module: str) -> None:
@@ -174,11 +340,17 @@ def builders() -> list[Target]:
     return [target for target in targets() if target.builds]
 
 
+def builders_here() -> list[Target]:
+    """Targets that can both build artifacts here and run them here, highest rank first."""
+    return [target for target in builders() if target.builds_here() and target.runs_here()]
+
+
 def best_builder() -> Target:
-    """The highest-ranked target that builds artifacts and runs here (ONNX Runtime runs everywhere)."""
-    for target in builders():
-        if target.build_unavailable_reason() is None:
-            return target
+    """The highest-ranked target that builds artifacts here and whose artifacts run here (a target that only
+    builds here, for a device elsewhere, is built only when named). ONNX Runtime runs everywhere."""
+    found = builders_here()
+    if found:
+        return found[0]
     raise UlffnError("no target that builds artifacts runs here", "pip install onnxruntime")
 
 
@@ -190,9 +362,14 @@ def target_named(name: str) -> Target:
 
 
 def target_for_path(path: str | os.PathLike[str]) -> Target:
-    """The target whose artifact suffix ``path`` ends with (the longest matching suffix wins)."""
-    name = os.fspath(path).lower()
-    matches = [(length, target) for target in targets() if (length := target.match_length(name))]
+    """The target that serves ``path`` when it is a URL one accepts; else the target whose artifact suffix
+    it ends with (the longest matching suffix wins)."""
+    address = os.fspath(path)
+    for target in targets():
+        if target.addressed_by_url and target.accepts_url(address):
+            return target
+    name = address.lower()
+    matches = [(length, target) for target in targets() if (length := target.suffix_length(name))]
     if not matches:
         known = sorted({suffix for target in targets() for suffix in target.suffixes})
         raise UlffnError(f"{path}: unknown model type", f"use a file ending in {', '.join(known)}")
@@ -215,16 +392,36 @@ def precision_of(path: Path) -> str | None:
 
 @dataclass(frozen=True)
 class Candidate:
-    """An artifact file in a folder, its target, and why it cannot run here (``problem``)."""
+    """An artifact file in a folder, its target, and why it cannot be used here (``problem``; ``stale`` when
+    that is because it is stale or incomplete, a message naming the rebuild command)."""
 
     path: Path
     target: Target
     precision: str
     problem: str | None
+    stale: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The target's title; "(built)" for its build output where it also runs other files (ONNX Runtime)."""
+        suffix = self.target.build_suffix
+        built = (suffix is not None and self.path.name.endswith(suffix)
+                 and any(other != suffix and suffix.endswith(other) for other in self.target.suffixes))
+        return self.target.title + (" (built)" if built else "")
+
+
+def candidate(path: Path, target: Target | None = None, unavailable: str | None = None) -> Candidate:
+    """``path`` as a Candidate: its target (from its suffix unless given) and what stops it running here
+    (``unavailable``: the target's reason, when the caller has it already)."""
+    target = target or target_for_path(path)
+    reason = unavailable if unavailable is not None else target.unavailable_reason()
+    stale = target.stale_problem(path)
+    problem = reason or stale or target.artifact_problem(path)
+    return Candidate(path, target, precision_of(path) or "-", problem, None if reason else stale)
 
 
 def candidates(folder: str | os.PathLike[str]) -> list[Candidate]:
-    """Every ``model.<precision>.*`` artifact in ``folder`` with its target and whether it runs here."""
+    """Every ``model.<precision>.*`` artifact in ``folder`` with its target and whether it can be used here."""
     folder = Path(folder)
     found = []
     reasons: dict[str, str | None] = {}
@@ -235,9 +432,18 @@ def candidates(folder: str | os.PathLike[str]) -> list[Candidate]:
         target = target_for_path(path)
         if target.name not in reasons:
             reasons[target.name] = target.unavailable_reason()
-        problem = reasons[target.name] or target.artifact_problem(path)
-        found.append(Candidate(path, target, precision, problem))
+        found.append(candidate(path, target, reasons[target.name] or ""))
     return found
+
+
+def warn_stale(found: Iterable[Candidate], log: Callable[[str], None] | None = None) -> None:
+    """One warning per stale or incomplete candidate (to ``log``, else standard error)."""
+    import sys
+
+    say = log or (lambda message: print(message, file=sys.stderr))
+    for item in found:
+        if item.stale:
+            say(f"warning: skipping {item.stale}")
 
 
 VERIFIED_NAME = "verified.json"
@@ -287,7 +493,7 @@ def rank_candidates(found: Iterable[Candidate]) -> list[Candidate]:
         latency = _verified_latency(candidate.path)
         order = candidate.target.preferred_precisions
         precision_rank = order.index(candidate.precision) if candidate.precision in order else len(order)
-        specific = candidate.target.match_length(candidate.path.name.lower())  # model.fp32.ort.onnx before .onnx
+        specific = candidate.target.suffix_length(candidate.path.name.lower())  # model.fp32.ort.onnx before .onnx
         return (0 if latency is not None else 1, latency or 0.0, -candidate.target.rank, precision_rank, -specific)
 
     return sorted(runnable, key=key)
@@ -303,6 +509,7 @@ def default_artifact(folder: str | os.PathLike[str] = DEFAULT_ARTIFACTS,
     """The artifact every command uses when none is named (see ``DEFAULT_RULE``)."""
     folder = Path(folder)
     found = candidates(folder) if folder.is_dir() else []
+    warn_stale(found, log)
     ranked = rank_candidates(found)
     if ranked:
         return ranked[0].path
@@ -336,7 +543,7 @@ def build(target_name: str, source_onnx: str | os.PathLike[str], output: str | o
         raise UlffnError(f"cannot build for {target.name}: {reason}", target.install_hint or None)
     source = Path(source_onnx)
     if precision is not None:
-        from ulffn_deploy.targets.onnxruntime_build import describe_onnx
+        from ulffn_deploy.targets.onnx_source import describe_onnx
 
         describe_onnx(source, precision)
     resolved = target.resolve_options(options or {})
@@ -347,14 +554,19 @@ def build(target_name: str, source_onnx: str | os.PathLike[str], output: str | o
 
 
 def load(path: str | os.PathLike[str], backend: str | None = None, **options: Any) -> Segmenter:
-    """A Segmenter for ``path``: the target from its suffix, or ``backend`` when given."""
+    """A Segmenter for ``path``: the target from its suffix, or ``backend`` when given. A file whose target
+    cannot run here, or that is stale or incomplete (``Target.stale_problem``), is refused in one line."""
     target = target_named(backend) if backend else target_for_path(path)
-    if not target.needs_file:
+    if target.addressed_by_url:
         return target.load(path, **options)  # type: ignore[arg-type]
     path = Path(path)
     if not path.is_file():
         raise UlffnError(f"{path}: no such model file")
     reason = target.unavailable_reason()
     if reason:
-        raise UlffnError(f"cannot run {path.name} with {target.name}: {reason}", target.install_hint or None)
+        raise UlffnError(f"cannot run {path.name} with {target.name} here: {reason}; it runs on {target.runs_on} "
+                         f"(checked here: {target.checked_here(path)})", target.install_hint or None)
+    stale = target.stale_problem(path)
+    if stale:
+        raise UlffnError(stale)
     return target.load(path, **options)

@@ -72,6 +72,9 @@ class TensorRTTarget(Target):
 
     name = "tensorrt"
     title = "TensorRT"
+    description = "a TensorRT engine plan for one GPU architecture and TensorRT version (its sidecar says which)"
+    runs_on = "an NVIDIA GPU with TensorRT"
+    packages = ("tensorrt",)
     suffixes = (".engine", ".plan")
     build_suffix = ".engine"
     build_options = BUILD_OPTIONS

@@ -81,13 +81,16 @@ class TritonTarget(Target):
 
     name = "triton"
     title = "Triton server"
+    description = "a model served by Triton Inference Server, preprocessed on this client"
+    runs_on = "a Triton server"
+    packages = ("tritonclient",)
     suffixes = ()
-    needs_file = False
+    addressed_by_url = True
     rank = -10  # never a folder's default: it has no files
     install_hint = SERVE_EXTRA_HINT
 
-    def match_length(self, name: str) -> int:
-        return 1000 if is_server_url(name) else 0
+    def accepts_url(self, address: str) -> bool:
+        return is_server_url(address)
 
     def unavailable_reason(self) -> str | None:
         try:
