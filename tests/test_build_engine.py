@@ -12,8 +12,10 @@ from helpers import run_cli
 from tiny_models import SIZE, sample_images, tiny_onnx
 
 from ulffn_deploy.cli import cli
+from ulffn_deploy.commands.build_engine import _options_for
 from ulffn_deploy.devices import tensorrt_unavailable_reason
 from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.harness import BUILD_ROW, TOLERANCES
 from ulffn_deploy.runtime import Segmenter
 from ulffn_deploy.targets import onnxruntime_build as ort_build
 from ulffn_deploy.targets import registry
@@ -54,7 +56,9 @@ def test_onnxruntime_backend_builds_a_checked_cpu_model_with_sidecar(artifacts):
     assert sidecar["graph_optimization"] == "extended" and sidecar["onnxruntime_version"]
     assert sidecar["source_onnx"] == {"file": "model.fp32.onnx", "sha256": describe_onnx(tiny_onnx("fp32")).sha256}
     assert sidecar["input_size"] == SIZE and sidecar["normalization"]["std"][0] == pytest.approx(0.229)
-    assert sidecar["check"]["max_abs_difference"] <= ort_build.CHECK_TOLERANCE and sidecar["cpu"]["name"]
+    assert sidecar["check"]["passed"] and sidecar["check"]["tolerance"] == BUILD_ROW and sidecar["cpu"]["name"]
+    assert sidecar["check"]["p99_abs_difference"] <= TOLERANCES[BUILD_ROW].max_p99_abs_diff
+    assert sidecar["files"] == {"model.fp32.ort.onnx": (artifacts / "model.fp32.ort.onnx").stat().st_size}
     assert "--backend onnxruntime" in sidecar["build_command"]
     assert sorted(p.name for p in artifacts.iterdir()) == [
         "model.fp16.onnx", "model.fp32.onnx", "model.fp32.ort.onnx", "model.fp32.ort.onnx.json"]
@@ -81,9 +85,19 @@ def test_missing_onnx_says_how_to_make_it(tmp_path):
     assert "model.int8.onnx does not exist" in result.stderr and "ulffn-deploy calibrate" in result.stderr
 
 
-def test_failed_check_leaves_no_file(artifacts, monkeypatch):
-    monkeypatch.setattr(ort_build, "CHECK_TOLERANCE", -1.0)
-    with pytest.raises(UlffnError, match="disagrees"):
+def test_failed_check_leaves_no_file(artifacts, tmp_path, monkeypatch):
+    from tiny_models import perturbed_onnx
+
+    from ulffn_deploy.targets import onnxruntime as ort_target
+
+    wrong = perturbed_onnx(artifacts / "model.fp32.onnx", tmp_path / "negated.onnx")
+    create_session = ort_target.create_session
+
+    def saved_model_swapped(model, *args, **kwargs):  # the saved model (a temporary file) is another model
+        return create_session(wrong if str(model).endswith(".tmp") else model, *args, **kwargs)
+
+    monkeypatch.setattr(ort_target, "create_session", saved_model_swapped)
+    with pytest.raises(UlffnError, match="disagrees with model.fp32.onnx: mask agreement"):
         ort_build.build_ort_model(artifacts / "model.fp32.onnx")
     assert sorted(p.name for p in artifacts.iterdir()) == ["model.fp16.onnx", "model.fp32.onnx"]
 
@@ -158,8 +172,8 @@ def test_engine_options_round_trip_through_the_command_line():
     assert args[:6] == ["--opt-batch", "2", "--max-batch", "4", "--min-hw", "32"]  # defaults are left out
     assert "--version-compatible" in args and args[-2:] == ["--hardware-compatibility", "ampere-plus"]
     parsed = cli.get_command(None, "build-engine").make_context("build-engine", list(args)).params
-    given = {name: value for name, value in parsed.items() if value is not None and name in options}
-    assert engine_options(**given) == options
+    given = _options_for("tensorrt", {name: value for name, value in parsed.items() if name.startswith("opt__")})
+    assert TENSORRT.resolve_options(given) == options
 
 
 def test_timing_cache_is_replaced_atomically_and_only_on_success(tmp_path):
@@ -180,6 +194,6 @@ def test_timing_cache_is_replaced_atomically_and_only_on_success(tmp_path):
 def test_int8_qdq_model_builds_for_onnxruntime(tmp_path):
     built = ort_build.build_ort_model(tiny_onnx("int8"), tmp_path / "model.int8.ort.onnx")
     sidecar = json.loads((tmp_path / "model.int8.ort.onnx.json").read_text())
-    assert sidecar["precision"] == "int8" and sidecar["check"]["max_abs_difference"] <= ort_build.CHECK_TOLERANCE
+    assert sidecar["precision"] == "int8" and sidecar["check"]["passed"]
     with Segmenter.load(built) as segmenter:
         assert segmenter.precision == "int8" and segmenter.predict(sample_images(1))[0].shape == (40, 56)

@@ -22,7 +22,7 @@ import hashlib
 import os
 import platform
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +36,7 @@ from ulffn_deploy.latency import Schedule, measure
 if TYPE_CHECKING:
     from ulffn_deploy.harness import ImageSource
     from ulffn_deploy.runtime import Segmenter
-    from ulffn_deploy.targets.registry import Target
+    from ulffn_deploy.targets.registry import Candidate, Target
 
 DEFAULT_BATCH_SIZES = (1, 4, 8)
 QUICK_SCHEDULE = Schedule(warmup_ms=100.0, iterations=3, duration_s=0.0)
@@ -45,38 +45,18 @@ ACCURACY_BATCH = 4
 MIN_CALLS = 10  # a trusted latency cell has at least this many timed calls ...
 MIN_SECONDS = 2.0  # ... over at least this many seconds ...
 MAX_SPREAD = 1.5  # ... and p99 / median at most this
-LIBRARIES = ("numpy", "onnxruntime", "openvino", "torch", "tensorrt", "polygraphy")
-
-
-@dataclass
-class Candidate:
-    """One artifact to benchmark, its target, and why it cannot run here (``skip``)."""
-
-    target: Target
-    precision: str
-    path: Path
-    skip: str | None = None
-
-    @property
-    def name(self) -> str:
-        """The target's title; "(built)" for its build output where it also runs other files (ONNX Runtime)."""
-        suffix = self.target.build_suffix
-        built = (suffix is not None and self.path.name.endswith(suffix)
-                 and any(other != suffix and suffix.endswith(other) for other in self.target.suffixes))
-        return self.target.title + (" (built)" if built else "")
+LIBRARIES = ("numpy", "polygraphy")  # besides each registered target's own packages (Target.packages)
 
 
 # -- machine ------------------------------------------------------------------------------------------
 
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
+def _libraries() -> dict[str, str | None]:
+    from ulffn_deploy.targets.registry import installed_version, targets
 
-    for name in (package, f"{package}-cu13", f"{package}-cu12", f"{package}-gpu"):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            continue
-    return None
+    versions = {name: installed_version(name) for name in LIBRARIES}
+    for target in targets():
+        versions.update(target.versions())
+    return dict(sorted(versions.items()))
 
 
 def _cuda_device() -> str | None:
@@ -98,7 +78,7 @@ def machine_description() -> dict[str, Any]:
         "gpu": _cuda_device(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "libraries": {name: _version(name) for name in LIBRARIES},
+        "libraries": _libraries(),
     }
 
 
@@ -116,39 +96,30 @@ def _build_missing(target: Target, artifact: Path, source: Path, log: Callable[[
     return None
 
 
-def _target_candidates(target: Target, folder: Path, build: bool, log: Callable[[str], None]) -> list[Candidate]:
-    """The rows of one file-based target: per precision its files in ``folder`` and its build output (built
-    from ``model.<precision>.onnx`` when missing and ``build``)."""
-    from ulffn_deploy.targets.registry import ARTIFACT_PREFIX, PRECISIONS
+def _target_candidates(target: Target, folder: Path, found: Sequence[Candidate], build: bool,
+                       log: Callable[[str], None]) -> list[Candidate]:
+    """The rows of one file-based target: per precision its artifacts in ``folder`` (``found``, from the
+    registry, stale ones already refused there) and its build output, built from ``model.<precision>.onnx``
+    when missing and ``build``."""
+    from ulffn_deploy.targets.registry import ARTIFACT_PREFIX, PRECISIONS, Candidate, candidate
 
     reason = target.unavailable_reason()
     rows = []
     for precision in PRECISIONS:
         stem = f"{ARTIFACT_PREFIX}{precision}"
-        existing = [p for p in sorted(folder.glob(stem + ".*")) if p.is_file() and not p.name.endswith(".json")
-                    and _is_of(p, target)]
+        existing = [c for c in found if c.target is target and c.precision == precision]
         if target.builds:
             built = folder / (stem + str(target.build_suffix))
-            if built not in existing:
-                skip = reason or _missing_reason(built, folder / f"{stem}.onnx", build, target, log)
-                if skip:
-                    rows.append(Candidate(target, precision, built, skip))
-                else:
-                    existing.append(built)
+            if not any(c.path == built for c in existing):
+                # a target that builds here for a device elsewhere is still built: its build time and size are measured here
+                skip = (None if target.builds_here() else reason) or _missing_reason(built, folder / f"{stem}.onnx",
+                                                                                     build, target, log)
+                existing.append(Candidate(built, target, precision, skip) if skip else candidate(built, target))
         elif not existing:
             missing = f"{stem}{target.suffixes[0]}"
-            rows.append(Candidate(target, precision, folder / missing, reason or f"no {missing} in {folder}"))
-        rows += [Candidate(target, precision, path, reason or target.artifact_problem(path)) for path in existing]
+            rows.append(Candidate(folder / missing, target, precision, reason or f"no {missing} in {folder}"))
+        rows += existing
     return sorted(rows, key=lambda c: (PRECISIONS.index(c.precision), len(c.path.name)))
-
-
-def _is_of(path: Path, target: Target) -> bool:
-    from ulffn_deploy.targets.registry import target_for_path
-
-    try:
-        return target_for_path(path) is target
-    except UlffnError:
-        return False
 
 
 def _missing_reason(built: Path, source: Path, build: bool, target: Target, log: Callable[[str], None]) -> str | None:
@@ -163,24 +134,28 @@ def _missing_reason(built: Path, source: Path, build: bool, target: Target, log:
 def find_candidates(folder: Path, checkpoint: Path, build: bool = True, backends: Sequence[str] | None = None,
                     log: Callable[[str], None] = lambda message: None) -> list[Candidate]:
     """PyTorch FP32 (always: the baseline and reference), then every registered target x precision, each
-    runnable or with its skip reason; ``backends`` limits which targets run (the others are listed skipped)."""
-    from ulffn_deploy.targets.registry import names, target_for_path, targets
+    runnable or with its reason (``problem``); ``backends`` limits which targets run (the others are listed
+    skipped). Stale artifacts are skipped with a warning (``log``) naming their rebuild command."""
+    from ulffn_deploy.targets.registry import Candidate, candidate, candidates, names, targets, warn_stale
 
     unknown = sorted(set(backends or ()) - set(names()))
     if unknown:
         raise UlffnError(f"unknown backend(s) {', '.join(unknown)}", f"choose from {', '.join(names())}")
-    rows = [Candidate(target_for_path(checkpoint), "fp32", checkpoint)]
+    reference = replace(candidate(checkpoint), precision="fp32")
+    rows = [reference]
+    found = [c for c in candidates(folder) if c.path != checkpoint] if folder.is_dir() else []
+    warn_stale(found, log)
     for target in targets():
-        if target.name == "pytorch":
+        if target is reference.target and not target.builds:
             continue
-        if not target.needs_file:
-            rows.append(Candidate(target, "-", folder, f"{target.title} serves over a URL: 'ulffn-deploy "
-                                                           "benchmark-server URL' sweeps its client concurrency"))
+        if target.addressed_by_url:
+            rows.append(Candidate(folder, target, "-", f"{target.title} serves over a URL: 'ulffn-deploy "
+                                                       "benchmark-server URL' sweeps its client concurrency"))
             continue
         if backends is not None and target.name not in backends:
-            rows.append(Candidate(target, "-", folder, "not selected (--backends)"))
+            rows.append(Candidate(folder, target, "-", "not selected (--backends)"))
             continue
-        rows += [row for row in _target_candidates(target, folder, build, log) if row.path != checkpoint]
+        rows += _target_candidates(target, folder, found, build, log)
     return rows
 
 
@@ -241,25 +216,25 @@ def _latency_cells(segmenter: Segmenter, source: ImageSource, fit_mode: str | No
     return cells
 
 
-def _precision_label(segmenter: Segmenter) -> str:
-    from ulffn_deploy.runtime.metadata import precision_label
+def _precision_text(segmenter: Segmenter) -> str:
+    from ulffn_deploy.runtime.metadata import runs_as_text
 
-    return precision_label(segmenter.precision, segmenter.info.get("runs_as"))
+    return runs_as_text(segmenter.precision, segmenter.runs_as)
 
 
 def run_candidate(candidate: Candidate, reference: _Replay | None, source: ImageSource, fit_mode: str | None,
                   batch_sizes: Sequence[int], schedule: Schedule, open_options: Mapping[str, Any]) -> dict[str, Any]:
     """Accuracy (against ``reference``; None for the reference itself) and latency of one candidate."""
-    from ulffn_deploy.harness import check, compare, judged_precision, passed, tolerance_for
+    from ulffn_deploy.harness import check, compare, passed, runs_as_row, tolerance_for
     from ulffn_deploy.runtime import Segmenter
 
     row = _row_head(candidate)
     with Segmenter.load(candidate.path, candidate.target.name, **open_options) as segmenter:
-        row.update(status="ok", precision=_precision_label(segmenter), device=_device_of(segmenter.info),
-                   size_mb=_size_mb(candidate.path))
+        row.update(status="ok", precision=_precision_text(segmenter), device=candidate.target.device_of(segmenter.info),
+                   size_mb=candidate.target.model_bytes(candidate.path) / 1e6)
         if reference is not None:
             comparison = compare(reference, segmenter, source, ACCURACY_BATCH, fit_mode)  # type: ignore[arg-type]
-            checks = check(comparison, tolerance_for(judged_precision(segmenter)))
+            checks = check(comparison, tolerance_for(runs_as_row(segmenter)))
             row.update(mask_agreement=comparison.mask_dice, p99_abs_diff=comparison.p99_abs_diff,
                        label_dice=(comparison.metrics or {}).get("candidate", {}).get("dice"),
                        label_dice_drop=comparison.label_dice_drop, passed=passed(checks),
@@ -268,25 +243,9 @@ def run_candidate(candidate: Candidate, reference: _Replay | None, source: Image
     return row
 
 
-def _size_mb(path: Path) -> float:
-    """The artifact's size with the files it needs (OpenVINO's .bin beside its .xml)."""
-    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
-    return (path.stat().st_size + (weights.stat().st_size if weights and weights.is_file() else 0)) / 1e6
-
-
 def _row_head(candidate: Candidate) -> dict[str, Any]:
-    return {"name": candidate.name, "backend": candidate.target.name, "precision": candidate.precision,
+    return {"name": candidate.label, "backend": candidate.target.name, "precision": candidate.precision,
             "path": candidate.path.name}
-
-
-def _device_of(info: Mapping[str, Any]) -> str:
-    if info.get("backend") == "tensorrt":
-        gpu = info.get("gpu") or {}
-        return str(gpu.get("name", "GPU")) if isinstance(gpu, Mapping) else str(gpu)
-    providers = info.get("providers")
-    if providers:
-        return str(providers[0]).replace("ExecutionProvider", "").lower()
-    return str(info.get("device", "cpu")).lower()
 
 
 def add_derived(rows: list[dict[str, Any]], gflops_per_image: float | None) -> None:
@@ -343,9 +302,10 @@ def run_benchmark(
     with Segmenter.load(checkpoint) as torch_reference:
         replay = _Replay(torch_reference)
         for candidate in find_candidates(folder, checkpoint, build, backends, log):
-            log(f"{candidate.name} {candidate.precision}: " + (f"skipped ({candidate.skip})" if candidate.skip else "running"))
+            log(f"{candidate.label} {candidate.precision}: "
+                + (f"skipped ({candidate.problem})" if candidate.problem else "running"))
             rows.append(_run_logged(candidate, None if not rows else replay, images, fit_mode, batch_sizes, schedule,
-                                    _open_options(candidate.target.name, threads)))
+                                    _open_options(candidate.target, threads)))
     if rows[0]["status"] != "ok":
         raise UlffnError(f"the reference could not run: {rows[0].get('reason')}")
     add_derived(rows, info["gflops"])
@@ -391,24 +351,19 @@ def reference_info(reference: Path) -> dict[str, Any]:
     return model_info(ModelConfig.from_dict(saved["model_config"]), int(saved["input_size"]))
 
 
-def _open_options(target: str, threads: int | None) -> dict[str, Any]:
-    """Segmenter options that make CPU rows comparable: the same thread count for every CPU backend."""
+def _open_options(target: Target, threads: int | None) -> dict[str, Any]:
+    """Segmenter options that make CPU rows comparable: the same thread count for every target that declares
+    a ``threads`` load option."""
     if not threads:
         return {}
-    if target in ("onnxruntime", "openvino"):
-        return {"threads": threads}
-    if target == "pytorch":
-        import torch
-
-        torch.set_num_threads(threads)
-    return {}
+    return {"threads": threads} if target.load_option("threads") is not None else {}
 
 
 def _run_logged(candidate: Candidate, reference: _Replay | None, source: ImageSource, fit_mode: str | None,
                 batch_sizes: Sequence[int], schedule: Schedule, options: Mapping[str, Any]) -> dict[str, Any]:
     """``run_candidate``, with a failure of one backend recorded in its row rather than ending the run."""
-    if candidate.skip:
-        return {**_row_head(candidate), "status": "skipped", "reason": candidate.skip}
+    if candidate.problem:
+        return {**_row_head(candidate), "status": "skipped", "reason": candidate.problem}
     try:
         return run_candidate(candidate, reference, source, fit_mode, batch_sizes, schedule, options)
     except Exception as exc:

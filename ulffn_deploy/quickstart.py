@@ -16,11 +16,6 @@ Log = Callable[[str], None]
 # the synthetic set: ISIC 2016 layout, images 128 px on the shorter side (cpu-demo trains at 96)
 SYNTH: dict[str, Any] = {"n_train": 200, "n_test": 40, "size": 128, "seed": 0}
 PREDICT_IMAGES = 4
-# what the build stage makes where TensorRT cannot build: per best builder, (target, precision)
-CPU_BUILDS = {
-    "openvino": (("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"), ("onnxruntime", "fp32")),
-    "onnxruntime": (("onnxruntime", "fp32"),),
-}
 PARITY_IMAGES = 8  # test images export and the INT8 check compare on
 
 
@@ -112,25 +107,24 @@ class Quickstart:
         return {"report": report, "int8": comparison}
 
     def build(self, _: dict[str, Any]) -> dict[str, Any]:
-        """TensorRT's default precision where it builds; on a CPU machine every CPU artifact (OpenVINO FP32,
-        FP16 (running bf16 where the CPU has it) and INT8, and ONNX Runtime FP32), each verified briefly so
-        that the default-artifact rule can pick the fastest one that passes on this machine."""
-        from ulffn_deploy.targets.registry import best_builder, build, default_artifact, default_onnx
+        """Every target that builds here and whose artifacts run here (``registry.builders_here``: never one
+        for a device this machine lacks) builds each of its preferred precisions, and each artifact is
+        verified briefly, so that the default-artifact rule can pick the fastest one that passes here."""
+        from ulffn_deploy.targets.registry import builders_here, default_artifact
 
-        target = best_builder()
-        if target.name not in CPU_BUILDS:
-            precision = target.default_build_precision
-            engine = build(target.name, default_onnx(self.artifacts, precision))
-            self.log(f"built {engine} ({target.name}, {precision})")
-            return {"backend": target.name, "precision": precision, "artifact": str(engine), "built": [str(engine)]}
-        self.log("no TensorRT and NVIDIA GPU here: building the CPU artifacts")
-        built = [path for name, precision in CPU_BUILDS[target.name] if (path := self._build_cpu(name, precision)) is not None]
+        targets = builders_here()
+        if not targets:
+            raise UlffnError("no target that builds artifacts runs here", "pip install onnxruntime")
+        self.log(f"building for {', '.join(t.title for t in targets)} (the targets that build and run here)")
+        built = [path for target in targets for precision in target.preferred_precisions
+                 if (path := self._build_one(target.name, precision)) is not None]
         verified = {path.name: self._quick_verify(path) for path in built}
-        chosen = default_artifact(self.artifacts)
+        chosen = default_artifact(self.artifacts, log=self.log)
         self.log(f"default artifact (fastest that passed verify here): {chosen.name}")
-        return {"backend": target.name, "artifact": str(chosen), "built": [str(p) for p in built], "verified": verified}
+        return {"backends": [t.name for t in targets], "artifact": str(chosen), "built": [str(p) for p in built],
+                "verified": verified}
 
-    def _build_cpu(self, target: str, precision: str) -> Path | None:
+    def _build_one(self, target: str, precision: str) -> Path | None:
         from ulffn_deploy.targets.registry import build, default_onnx
 
         try:

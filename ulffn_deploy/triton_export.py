@@ -93,18 +93,13 @@ def config_text(model: RepoModel, device: str, queue_delay_us: int) -> str:
 
 
 def _onnx_model(path: Path, max_batch: int) -> RepoModel:
-    import onnxruntime as ort
+    from ulffn_deploy.targets.onnx_source import describe_onnx
 
-    from ulffn_deploy.runtime.metadata import read_metadata
-
-    metadata = read_metadata(path)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    (inp,), (out,) = session.get_inputs(), session.get_outputs()
-    batch, height, width = (d if isinstance(d, int) else -1 for d in (inp.shape[0], *inp.shape[2:]))
-    model = RepoModel(f"ulffn_onnx_{metadata.precision}", "onnxruntime", metadata, inp.name, out.name, (height, width),
-                      0 if batch > 0 else max_batch, _ORT_TYPES.get(inp.type, "TYPE_FP32"))
+    source = describe_onnx(path)
+    batch, height, width = (d if d is not None else -1 for d in (source.input_shape[0], *source.input_shape[2:]))
+    model = RepoModel(f"ulffn_onnx_{source.metadata.precision}", "onnxruntime", source.metadata, source.input_name,
+                      source.output_name, (height, width), 0 if batch > 0 else max_batch,
+                      _ORT_TYPES.get(source.input_type, "TYPE_FP32"))
     model.files["model.onnx"] = path
     model.sources.append(path)
     return model
@@ -159,6 +154,9 @@ def collect_models(artifacts: Sequence[Path], max_batch: int) -> list[RepoModel]
     for path in artifacts:
         if not path.is_file():
             raise UlffnError(f"{path}: no such artifact")
+        stale = target_for_path(path).stale_problem(path)
+        if stale:
+            raise UlffnError(stale)
         target = target_for_path(path).name
         if target == "tensorrt":
             engines.setdefault(ArtifactMetadata.from_mapping(read_sidecar(path), path).precision, []).append(path)
@@ -167,7 +165,8 @@ def collect_models(artifacts: Sequence[Path], max_batch: int) -> list[RepoModel]
             model = _onnx_model(path, max_batch)
         elif target == "openvino":
             model, _ = _sidecar_model(path, "openvino", max_batch)
-            model.files.update({"model.xml": path, "model.bin": path.with_suffix(".bin")})
+            xml, weights = target_for_path(path).artifact_files(path)[:2]  # the .xml, then its .bin
+            model.files.update({"model.xml": xml, "model.bin": weights})
         else:
             raise UlffnError(f"{path.name}: Triton has no backend for {target} artifacts here",
                              "export ONNX, TensorRT engines or OpenVINO IR")
@@ -180,11 +179,15 @@ def collect_models(artifacts: Sequence[Path], max_batch: int) -> list[RepoModel]
     return list(models.values())
 
 
-def default_artifacts(folder: Path) -> list[Path]:
-    """Every artifact in ``folder`` that Triton can serve: engines, ONNX files and OpenVINO IR."""
-    from ulffn_deploy.targets.registry import candidates
+def default_artifacts(folder: Path, log: Callable[[str], None] | None = None) -> list[Path]:
+    """Every artifact in ``folder`` that Triton can serve (engines, ONNX files and OpenVINO IR), whether or not
+    it runs on this machine; stale or incomplete ones are skipped with a warning (``log``)."""
+    from ulffn_deploy.targets.registry import candidate, candidates, warn_stale
 
-    return [c.path for c in candidates(folder) if c.target.name in KIND]
+    found = [c if c.stale or not c.problem else candidate(c.path, c.target, "") for c in candidates(folder)
+             if c.target.name in KIND]
+    warn_stale(found, log)
+    return [c.path for c in found if not c.stale]
 
 
 def export_repository(repo: str | os.PathLike[str], artifacts: Sequence[str | os.PathLike[str]], device: str = "cpu",

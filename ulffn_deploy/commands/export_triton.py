@@ -34,7 +34,7 @@ def command(repo: str, artifacts: tuple[str, ...], artifacts_dir: str, device: s
 
     from ulffn_deploy.triton_export import default_artifacts, export_repository
 
-    chosen = [Path(a) for a in artifacts] or default_artifacts(Path(artifacts_dir))
+    chosen = [Path(a) for a in artifacts] or default_artifacts(Path(artifacts_dir), lambda line: click.echo(line, err=True))
     written = export_repository(repo, chosen, device=device, max_batch=max_batch, queue_delay_us=queue_delay_us,
                                 force=force, log=lambda message: click.echo(message, err=True))
     click.echo(f"{len(written)} model(s) in {repo}")

@@ -140,8 +140,8 @@ def format_artifact(described: Mapping[str, Any]) -> str:
     """The table ``info FILE`` prints."""
     meta = described["metadata"]
     config = meta.get("model_config") or {}
-    rows = [("file", described["path"]),
-            ("backend", described["backend_title"] + (f": {described['description']}" if described.get("description") else "")),
+    rows = [("file", described["path"]), ("backend", described["backend_title"]),
+            *([("artifact", described["description"])] if described.get("description") else []),
             ("precision", _precision(meta, described)),
             ("input size", f"{meta['input_size']}x{meta['input_size']} (trained with fit {meta['fit_mode']})"),
             ("model", f"ULFFN {config['variant']}, base width {config['width']}" if config

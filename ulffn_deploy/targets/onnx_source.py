@@ -100,6 +100,12 @@ def sidecar_common(source: OnnxSource, backend: str, seconds: float, command: Se
     }
 
 
+def files_record(paths: Sequence[Path]) -> dict[str, int]:
+    """The sidecar's ``files`` entry: {file name: bytes} of every model file of a finished build (the artifact
+    and its companion files), which ``Target.stale_problem`` compares to find truncated or replaced files."""
+    return {path.name: path.stat().st_size for path in paths}
+
+
 def random_batch(source: OnnxSource, batch: int = 2, seed: int = 0) -> Any:
     """A random float32 input batch of ``source``'s shape, for a build's self-check."""
     import numpy as np

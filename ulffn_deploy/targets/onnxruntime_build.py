@@ -21,7 +21,7 @@ from ulffn_deploy.devices import cpu_name
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import atomic_path, write_json_atomic
 from ulffn_deploy.runtime.metadata import sidecar_path
-from ulffn_deploy.targets.onnx_source import OnnxSource, describe_onnx, sidecar_common
+from ulffn_deploy.targets.onnx_source import OnnxSource, describe_onnx, files_record, sidecar_common
 from ulffn_deploy.targets.onnxruntime import graph_optimization_level
 
 __all__ = ["ORT_LEVELS", "OnnxSource", "build_ort_model", "describe_onnx", "sidecar_common"]
@@ -59,15 +59,16 @@ def build_ort_model(onnx_path: str | os.PathLike[str], output: str | os.PathLike
         "providers": ["CPUExecutionProvider"],
         "cpu": {"name": cpu_name(), "machine": platform.machine(), "system": platform.system()},
         "check": check,
+        "files": files_record([output]),
     })
     write_json_atomic(sidecar_path(output), sidecar)
     return output
 
 
 def _check_saved(saved: Path, reference: Any, source: OnnxSource) -> dict[str, Any]:
-    """The saved model against the online-optimised source session, through the harness's build check
-    (``harness.check_build``); UlffnError if they disagree."""
-    from ulffn_deploy.harness import check_build
+    """The saved model against the online-optimised source session, through the harness (``check_build``);
+    UlffnError if they disagree."""
+    from ulffn_deploy.targets.onnx_source import check_build
     from ulffn_deploy.targets.onnxruntime import create_session
 
     session = create_session(saved, ["CPUExecutionProvider"], optimization="disable")

@@ -298,7 +298,7 @@ TARGET = OpenVinoTarget()
 
 def build_openvino_ir(source_onnx: Path, output: Path, options: Mapping[str, Any], command: Sequence[str]) -> Path:
     """Convert ``source_onnx`` to IR at ``output`` (and its .bin), check it runs, write the sidecar; atomically."""
-    from ulffn_deploy.targets.onnxruntime_build import describe_onnx
+    from ulffn_deploy.targets.onnx_source import describe_onnx
 
     ov = _openvino()
     source = describe_onnx(source_onnx)
@@ -389,7 +389,7 @@ def _write_sidecar(output: Path, source: Any, precision: str, options: Mapping[s
 
     from ulffn_deploy.devices import cpu_features, cpu_name
     from ulffn_deploy.fileio import write_json_atomic
-    from ulffn_deploy.targets.onnxruntime_build import sidecar_common
+    from ulffn_deploy.targets.onnx_source import files_record, sidecar_common
 
     sidecar = sidecar_common(source, "openvino", seconds, command)
     sidecar.update({
@@ -401,5 +401,6 @@ def _write_sidecar(output: Path, source: Any, precision: str, options: Mapping[s
         "build_flags": dict(options),
         "ir": {"xml": output.name, "bin": weights_path(output).name, "bin_bytes": weights_path(output).stat().st_size},
         "check": check,
+        "files": files_record([output, weights_path(output)]),
     })
     write_json_atomic(sidecar_path(output), sidecar)

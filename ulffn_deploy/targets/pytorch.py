@@ -19,8 +19,10 @@ class TorchSegmenter(Segmenter):
 
     backend = "pytorch"
 
-    def __init__(self, path: Path, fit_mode: str = "full", device: str = "cpu") -> None:
+    def __init__(self, path: Path, fit_mode: str = "full", device: str = "cpu", threads: int | None = None) -> None:
         self._torch = require("torch")
+        if threads:
+            self._torch.set_num_threads(int(threads))  # process-wide: torch has no per-model setting
         from ulffn_deploy.checkpoint import load_model
 
         model, info = load_model(path)
@@ -55,7 +57,8 @@ class PyTorchTarget(Target):
     runs_on = "the CPU, or a CUDA GPU"
     packages = ("torch",)
     suffixes = (".pt",)
-    load_options = (BuildOption("device", str, "cpu", "PyTorch device.", choices=("cpu", "cuda")),)
+    load_options = (BuildOption("device", str, "cpu", "PyTorch device.", choices=("cpu", "cuda")),
+                    BuildOption("threads", int, None, "CPU threads (torch.set_num_threads, process-wide).", minimum=1))
     rank = 0
     install_hint = "pip install 'ulffn-deploy[train]'"
 

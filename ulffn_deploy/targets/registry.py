@@ -176,6 +176,14 @@ class Target:
         sidecar = _sidecar_or_none(path)
         if sidecar is None:
             return None
+        recorded_files = sidecar.get("files")
+        if isinstance(recorded_files, Mapping):
+            for model_file in (path, *self.companion_files(path)):
+                size = recorded_files.get(model_file.name)
+                if isinstance(size, int) and model_file.stat().st_size != size:
+                    return (f"{path.name} does not match its sidecar: {model_file.name} has {model_file.stat().st_size:,} "
+                            f"bytes, the build wrote {size:,} (truncated or replaced); rebuild: "
+                            f"{self._rebuild_text(path, sidecar)}")
         from ulffn_deploy.targets.onnx_source import source_record
 
         record = source_record(sidecar)
@@ -216,10 +224,14 @@ class Target:
             parts.append("sidecar read")
             from ulffn_deploy.targets.onnx_source import source_record
 
+            if isinstance(sidecar.get("build_seconds"), (int, float)):
+                parts.append(f"built in {sidecar['build_seconds']:.1f} s")
             record = source_record(sidecar)
             if record is not None:
-                beside = (path.parent / record[0]).is_file()
-                parts.append(f"built from {record[0]}" + (", which is unchanged" if beside else " (not beside it)"))
+                source = path.parent / record[0]
+                state = ("not beside it" if not source.is_file() else
+                         "unchanged since" if _cached_sha256(source) == record[1] else "CHANGED since: stale")
+                parts.append(f"from {record[0]} ({state})")
         return ", ".join(parts)
 
     def load(self, path: Path, **options: Any) -> Segmenter:
@@ -415,9 +427,12 @@ def candidate(path: Path, target: Target | None = None, unavailable: str | None 
     (``unavailable``: the target's reason, when the caller has it already)."""
     target = target or target_for_path(path)
     reason = unavailable if unavailable is not None else target.unavailable_reason()
+    if reason:
+        where = f"{reason}; it runs on {target.runs_on}"
+        return Candidate(path, target, precision_of(path) or "-",
+                         f"{where} (checked here: {target.checked_here(path)})" if path.is_file() else where)
     stale = target.stale_problem(path)
-    problem = reason or stale or target.artifact_problem(path)
-    return Candidate(path, target, precision_of(path) or "-", problem, None if reason else stale)
+    return Candidate(path, target, precision_of(path) or "-", stale or target.artifact_problem(path), stale)
 
 
 def candidates(folder: str | os.PathLike[str]) -> list[Candidate]:
