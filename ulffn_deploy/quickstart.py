@@ -107,17 +107,19 @@ class Quickstart:
         return {"report": report, "int8": comparison}
 
     def build(self, _: dict[str, Any]) -> dict[str, Any]:
-        """Every target that builds here and whose artifacts run here (``registry.builders_here``: never one
-        for a device this machine lacks) builds each of its preferred precisions, and each artifact is
-        verified briefly, so that the default-artifact rule can pick the fastest one that passes here."""
+        """The targets that build here and whose artifacts run here (``registry.builders_here``: never one for
+        a device this machine lacks): the best one builds each of its preferred precisions, the others their
+        default precision; each artifact is verified briefly, so that the default-artifact rule can pick the
+        fastest one that passes here."""
         from ulffn_deploy.targets.registry import builders_here, default_artifact
 
         targets = builders_here()
         if not targets:
             raise UlffnError("no target that builds artifacts runs here", "pip install onnxruntime")
         self.log(f"building for {', '.join(t.title for t in targets)} (the targets that build and run here)")
-        built = [path for target in targets for precision in target.preferred_precisions
-                 if (path := self._build_one(target.name, precision)) is not None]
+        wanted = [(target.name, precision) for target in targets
+                  for precision in (target.preferred_precisions if target is targets[0] else (target.default_build_precision,))]
+        built = [path for name, precision in wanted if (path := self._build_one(name, precision)) is not None]
         verified = {path.name: self._quick_verify(path) for path in built}
         chosen = default_artifact(self.artifacts, log=self.log)
         self.log(f"default artifact (fastest that passed verify here): {chosen.name}")

@@ -369,8 +369,8 @@ def unsigned_activations(source: Path, output: Path) -> int:
 
 def _check_ir(xml: Path, source: Any, precision: str) -> dict[str, Any]:
     """The saved IR, run as it will run, against ONNX Runtime on the source through the harness's build check
-    (``onnx_source.check_build``): gated when it computes in f32 (the same graph), recorded otherwise
-    (bf16/int8 differ by design; verify judges them against the reference)."""
+    (``onnx_source.check_build``): gated for an fp32 model (always f32: the same graph), recorded otherwise
+    (bf16/f16/int8 kernels differ by design; verify judges them against the reference)."""
     from ulffn_deploy.targets.onnx_source import check_build, run_onnx
 
     compiled = core().compile_model(core().read_model(os.fspath(xml)), "CPU", {"INFERENCE_PRECISION_HINT": precision})
@@ -380,7 +380,7 @@ def _check_ir(xml: Path, source: Any, precision: str) -> dict[str, Any]:
         return np.asarray(request.infer([batch])[0], np.float32)
 
     return check_build(lambda batch: run_onnx(source, batch), run_ir, source, f"the OpenVINO IR of {source.path.name}",
-                       gate=precision == "f32")
+                       gate=source.metadata.precision == "fp32")
 
 
 def _write_sidecar(output: Path, source: Any, precision: str, options: Mapping[str, Any], check: dict[str, Any],

@@ -579,7 +579,7 @@ def load(path: str | os.PathLike[str], backend: str | None = None, **options: An
         raise UlffnError(f"{path}: no such model file")
     reason = target.unavailable_reason()
     if reason:
-        raise UlffnError(f"cannot run {path.name} with {target.name} here: {reason}; it runs on {target.runs_on} "
+        raise UlffnError(f"cannot run {path.name} with {target.name}: {reason}; it runs on {target.runs_on} "
                          f"(checked here: {target.checked_here(path)})", target.install_hint or None)
     stale = target.stale_problem(path)
     if stale:
