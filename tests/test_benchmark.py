@@ -57,8 +57,8 @@ def test_rows_come_from_the_registry(quick_results):
     assert {t.name for t in registry.targets()} <= listed  # every target has a row, run or skipped
     for target in registry.targets():
         reason = target.unavailable_reason()
-        if reason and target.needs_file:
-            assert all(r["reason"] == reason for r in results["rows"] if r["backend"] == target.name)
+        if reason and not target.addressed_by_url:
+            assert all(r["reason"].startswith(reason) for r in results["rows"] if r["backend"] == target.name)
 
 
 def test_cpu_targets_are_built_and_measured(quick_results):
@@ -180,15 +180,15 @@ def test_plot_labels_do_not_overlap(tmp_path):
 def test_backend_selection(folder):
     checkpoint = folder / "run" / "best.pt"
     chosen = find_candidates(folder, checkpoint, build=False, backends=("pytorch",))
-    assert chosen[0].target.name == "pytorch" and chosen[0].skip is None
-    assert all(c.skip for c in chosen[1:])
+    assert chosen[0].target.name == "pytorch" and chosen[0].problem is None
+    assert all(c.problem for c in chosen[1:])
     with pytest.raises(UlffnError, match="unknown backend"):
         find_candidates(folder, checkpoint, backends=("tflite",))
 
 
 def test_no_build_lists_missing_artifacts_as_skipped(folder):
     rows = find_candidates(folder / "nonexistent", folder / "run" / "best.pt", build=False)
-    assert all(row.skip for row in rows[1:])
+    assert all(row.problem for row in rows[1:])
 
 
 def test_bad_batch_sizes_are_a_usage_error():
