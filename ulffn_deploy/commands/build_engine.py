@@ -17,8 +17,14 @@ import click
 from ulffn_deploy.targets.registry import PRECISIONS, builders, option_flags
 
 
-class _PerBackendHelp(click.Command):
-    """``--help`` with the common options first, then each backend's own options under its name."""
+class _PerBackendCommand(click.Command):
+    """build-engine with the registered targets' options, read from the registry when the command runs (so a
+    target registered later is included); ``--help`` shows the common options first, then each backend's own
+    options under its name."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        return [*params[:len(self.params)], *_target_params(), *params[len(self.params):]]
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         flags = option_flags()
@@ -40,19 +46,15 @@ class _PerBackendHelp(click.Command):
                     formatter.write_dl(rows)
 
 
-def _with_target_options(function: Any) -> Any:
+def _target_params() -> list[click.Option]:
     """One click option per distinct flag: raw values, validated later by the chosen target's declaration."""
     flags = option_flags()
     declared: dict[str, bool] = {}
     for target in builders():
         for option in target.build_options:
             declared.setdefault(flags[(target.name, option.name)], option.kind is bool)
-    for flag, is_flag in reversed(declared.items()):
-        if is_flag:
-            function = click.option(flag, _dest(flag), is_flag=True, default=None)(function)
-        else:
-            function = click.option(flag, _dest(flag), default=None)(function)
-    return function
+    return [click.Option([flag, _dest(flag)], is_flag=True, default=None) if is_flag
+            else click.Option([flag, _dest(flag)], default=None) for flag, is_flag in declared.items()]
 
 
 def _dest(flag: str) -> str:
@@ -66,9 +68,10 @@ def _options_for(target_name: str, given: dict[str, Any]) -> dict[str, Any]:
     return {mine.get(dest, dest.removeprefix("opt__")): value for dest, value in given.items() if value is not None}
 
 
-@click.command(name="build-engine", cls=_PerBackendHelp)
-@click.option("--backend", type=click.Choice([t.name for t in builders()]), default=None,
-              help="Target to build for.  [default: the best one that builds here and whose artifacts run here]")
+@click.command(name="build-engine", cls=_PerBackendCommand)
+@click.option("--backend", default=None,
+              help="Target to build for: one of the backends whose options are listed below.  [default: the best "
+                   "one that builds here and whose artifacts run here]")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Which exported ONNX to build: ARTIFACTS/model.<precision>.onnx.  [default: the target's, "
                    + ", ".join(f"{t.name} {t.default_build_precision}" for t in builders()) + "]")
@@ -78,7 +81,6 @@ def _options_for(target_name: str, given: dict[str, Any]) -> dict[str, Any]:
               help="Folder holding the exported models.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output file.  [default: model.<precision><target suffix> beside the ONNX]")
-@_with_target_options
 def command(backend: str | None, precision: str | None, onnx_path: str | None, artifacts: str, output: str | None,
             **options: Any) -> None:
     """Build the deployable artifact of a target from an exported ONNX model.
@@ -90,6 +92,11 @@ def command(backend: str | None, precision: str | None, onnx_path: str | None, a
     from ulffn_deploy.targets.registry import best_builder, build, default_onnx, target_named
 
     target = target_named(backend) if backend else best_builder()
+    if not target.builds:
+        from ulffn_deploy.errors import UlffnError
+
+        raise UlffnError(f"--backend {target.name} does not build artifacts",
+                         f"use one of {', '.join(t.name for t in builders())}")
     given = _options_for(target.name, options)
     target.resolve_options(given)  # unknown or invalid options fail before any work
     reason = target.build_unavailable_reason()

@@ -326,17 +326,36 @@ def option_flags() -> dict[tuple[str, str], str]:
     return flags
 
 
+TARGETS_ENV = "ULFFN_DEPLOY_TARGETS"  # comma-separated modules of a user's own targets, for the CLI
+
+
 def register(module: str) -> None:
-    """Add a target module (one that defines ``TARGET``) to the registry, ahead of the built-in ones."""
+    """Add a target module (one that defines ``TARGET``) to the registry, ahead of the built-in ones. The CLI
+    also registers every module named in the environment variable ``ULFFN_DEPLOY_TARGETS``."""
     if module not in _MODULES:
         _MODULES.insert(0, module)
+
+
+def _modules() -> list[str]:
+    named = [module.strip() for module in os.environ.get(TARGETS_ENV, "").split(",") if module.strip()]
+    return [*(module for module in named if module not in _MODULES), *_MODULES]
+
+
+def _import_target_module(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if module in _MODULES:
+            raise
+        raise UlffnError(f"target module {module} (from {TARGETS_ENV}) cannot be imported: {exc}",
+                         "put its folder on PYTHONPATH, or fix the module name") from exc
 
 
 def targets() -> list[Target]:
     """Every registered target, highest rank first."""
     found = []
-    for module in _MODULES:
-        target = getattr(importlib.import_module(module), "TARGET", None)
+    for module in _modules():
+        target = getattr(_import_target_module(module), "TARGET", None)
         if not isinstance(target, Target):
             raise UlffnError(f"target module {module} defines no TARGET")
         found.append(target)
