@@ -1,8 +1,9 @@
 """``ulffn-deploy info``: describe an artifact or checkpoint, or a ULFFN configuration's size and cost.
 
-With a file: backend, precision, input size, metadata, file size and SHA-256, the sidecar's source model,
-build flags and per-precision layer counts where recorded. ONNX files are read with ONNX Runtime and
-engines from their sidecars only, so neither needs torch (nor TensorRT).
+With a file: backend (its target's description), precision, input size, metadata, the size of its model
+files and SHA-256, the sidecar's fields (source model, build flags, versions, per-precision layer counts
+where recorded) and whether it runs here (the registry's verdict, stale artifacts included). ONNX files
+are read with ONNX Runtime and engines from their sidecars only, so neither needs torch (nor TensorRT).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def describe_artifact(path: str | Path) -> dict[str, Any]:
     described: dict[str, Any] = {"path": str(path), "backend": target.name, "backend_title": target.title,
                                  "description": target.description, "runs_on": target.runs_on,
                                  "file_bytes": target.model_bytes(path), "sha256": sha256_file(path),
-                                 "files": [p.name for p in target.artifact_files(path)]}
+                                 "files": [p.name for p in target.artifact_files(path)],
+                                 "versions_here": target.versions()}
     if path.suffix.lower() == ".pt":
         described.update(_describe_checkpoint(path))
     elif path.name.lower().endswith(".onnx"):
