@@ -121,3 +121,19 @@ def test_tensorrt_engine_reports_device_timings(tmp_path):
     report = verify_artifact(engine, folder / "run" / "best.pt", folder / "data", schedule=FAST)
     assert report["passed"] is True and report["checkpoint_match"]["checked"] is True
     assert {"host", "gpu_compute", "h2d", "d2h"} <= set(report["latency"]["series"])
+
+
+def test_an_ir_is_reported_with_its_weights(tmp_path):
+    import shutil
+
+    from ulffn_deploy.targets import registry
+
+    if registry.target_named("openvino").unavailable_reason():
+        pytest.skip("openvino is not installed")
+    folder = tmp_path / "artifacts"
+    shutil.copytree(artifacts(), folder)
+    xml = registry.build("openvino", folder / "model.fp32.onnx")
+    report = verify_artifact(xml, folder / "run" / "best.pt", folder / "data", schedule=FAST, record=False)
+    weights = xml.with_suffix(".bin").stat().st_size
+    assert weights > xml.stat().st_size  # the .xml alone is the small part
+    assert report["artifact"]["size_mb"] == pytest.approx((xml.stat().st_size + weights) / 1e6)

@@ -330,7 +330,7 @@ def _default_artifact_name(folder: Path) -> str | None:
     from ulffn_deploy.targets.registry import default_artifact
 
     try:
-        return default_artifact(folder).name
+        return default_artifact(folder, log=lambda message: None).name  # stale ones were warned about already
     except UlffnError:
         return None
 
