@@ -58,10 +58,7 @@ def describe_artifact(path: str | Path) -> dict[str, Any]:
                                  "file_bytes": target.model_bytes(path), "sha256": sha256_file(path),
                                  "files": [p.name for p in target.artifact_files(path)],
                                  "versions_here": target.versions()}
-    if path.suffix.lower() == ".pt":
-        described.update(_describe_checkpoint(path))
-    elif path.name.lower().endswith(".onnx"):
-        described.update(_describe_onnx(path))
+    described.update(target.describe_file(path))
     if sidecar_path(path).is_file():
         described["sidecar"] = _describe_sidecar(path)
         described.setdefault("metadata", described["sidecar"].pop("metadata"))
@@ -73,30 +70,6 @@ def describe_artifact(path: str | Path) -> dict[str, Any]:
         problem += f"; it runs on {target.runs_on} (checked here: {target.checked_here(path)})"
     described["runs_here"] = f"no: {problem}" if problem else "yes"
     return described
-
-
-def _describe_onnx(path: Path) -> dict[str, Any]:
-    from ulffn_deploy.targets.onnx_source import describe_onnx
-
-    source = describe_onnx(path)
-    return {"metadata": source.metadata.to_dict(),
-            "onnx": {"input": source.input_name, "input_shape": [d if d is not None else "dynamic" for d in source.input_shape],
-                     "output": source.output_name}}
-
-
-def _describe_checkpoint(path: Path) -> dict[str, Any]:
-    require("torch")
-    from ulffn_deploy.checkpoint import checkpoint_info, load_checkpoint
-    from ulffn_deploy.runtime.metadata import ArtifactMetadata
-
-    checkpoint = load_checkpoint(path)
-    info = checkpoint_info(checkpoint)
-    metadata = ArtifactMetadata.from_checkpoint(info, path)
-    state = checkpoint["state_dict"]
-    parameters = sum(int(t.numel()) for t in state.values() if hasattr(t, "numel")) if isinstance(state, Mapping) else None
-    return {"metadata": metadata.to_dict(),
-            "checkpoint": {"kind": info.get("kind"), "epoch": info.get("epoch"), "best": info.get("best"),
-                           "tensor_values": parameters, "resumable": "optimizer" in checkpoint}}
 
 
 def _describe_sidecar(path: Path) -> dict[str, Any]:

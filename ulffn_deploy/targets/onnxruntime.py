@@ -163,6 +163,14 @@ class OnnxRuntimeTarget(Target):
     # files are never ONNX Runtime's preferred choice: OpenVINO runs model.int8.onnx on CPUs
     preferred_precisions = ("fp32", "fp16")
 
+    def describe_file(self, path: Path) -> dict[str, Any]:
+        from ulffn_deploy.targets.onnx_source import describe_onnx
+
+        source = describe_onnx(path)
+        shape = [dim if dim is not None else "dynamic" for dim in source.input_shape]
+        return {"metadata": source.metadata.to_dict(),
+                "onnx": {"input": source.input_name, "input_shape": shape, "output": source.output_name}}
+
     def load(self, path: Path, **options: Any) -> Segmenter:
         return OrtSegmenter(path, **options)
 

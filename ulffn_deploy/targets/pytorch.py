@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,18 @@ class PyTorchTarget(Target):
         import importlib.util
 
         return None if importlib.util.find_spec("torch") else "torch is not installed"
+
+    def describe_file(self, path: Path) -> dict[str, Any]:
+        require("torch")
+        from ulffn_deploy.checkpoint import checkpoint_info, load_checkpoint
+
+        checkpoint = load_checkpoint(path)
+        info = checkpoint_info(checkpoint)
+        state = checkpoint["state_dict"]
+        values = sum(int(t.numel()) for t in state.values() if hasattr(t, "numel")) if isinstance(state, Mapping) else None
+        return {"metadata": ArtifactMetadata.from_checkpoint(info, path).to_dict(),
+                "checkpoint": {"kind": info.get("kind"), "epoch": info.get("epoch"), "best": info.get("best"),
+                               "tensor_values": values, "resumable": "optimizer" in checkpoint}}
 
     def load(self, path: Path, **options: Any) -> Segmenter:
         return TorchSegmenter(path, **options)

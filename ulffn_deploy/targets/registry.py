@@ -234,6 +234,11 @@ class Target:
                 parts.append(f"from {record[0]} ({state})")
         return ", ".join(parts)
 
+    def describe_file(self, path: Path) -> dict[str, Any]:
+        """What 'info' shows of ``path`` beyond its sidecar, JSON-ready: ``metadata`` (an
+        ``ArtifactMetadata.to_dict()``) where the file itself carries it, and any section of the target's own."""
+        return {}
+
     def load(self, path: Path, **options: Any) -> Segmenter:
         raise NotImplementedError
 
