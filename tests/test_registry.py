@@ -161,6 +161,12 @@ def test_a_target_that_builds_here_for_another_device(tmp_path, archive_target, 
     info = registry.candidate(folder / "model.fp32.npz")
     assert info.problem.startswith("no archive accelerator here; it runs on an archive accelerator")
 
+    from ulffn_deploy.benchmark import find_candidates
+
+    rows = {c.path.name: c for c in find_candidates(folder, folder / "run" / "best.pt", backends=["archive"])}
+    assert (folder / "model.fp16.npz").is_file()  # benchmark builds it here: its build time and size are measured
+    assert "(checked here: " in rows["model.fp16.npz"].problem and " s, from model.fp16.onnx" in rows["model.fp16.npz"].problem
+
 
 def test_a_stale_artifact_is_skipped_with_a_warning_and_refused_when_named(tmp_path):
     pytest.importorskip("onnx")
