@@ -182,10 +182,11 @@ def collect_models(artifacts: Sequence[Path], max_batch: int) -> list[RepoModel]
 def default_artifacts(folder: Path, log: Callable[[str], None] | None = None) -> list[Path]:
     """Every artifact in ``folder`` that Triton can serve (engines, ONNX files and OpenVINO IR), whether or not
     it runs on this machine; stale or incomplete ones are skipped with a warning (``log``)."""
-    from ulffn_deploy.targets.registry import candidate, candidates, warn_stale
+    from dataclasses import replace
 
-    found = [c if c.stale or not c.problem else candidate(c.path, c.target, "") for c in candidates(folder)
-             if c.target.name in KIND]
+    from ulffn_deploy.targets.registry import candidates, warn_stale
+
+    found = [replace(c, stale=c.target.stale_problem(c.path)) for c in candidates(folder) if c.target.name in KIND]
     warn_stale(found, log)
     return [c.path for c in found if not c.stale]
 

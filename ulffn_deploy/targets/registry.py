@@ -446,11 +446,13 @@ class Candidate:
         return self.target.title + (" (built)" if built else "")
 
 
-def candidate(path: Path, target: Target | None = None, unavailable: str | None = None) -> Candidate:
-    """``path`` as a Candidate: its target (from its suffix unless given) and what stops it running here
-    (``unavailable``: the target's reason, when the caller has it already)."""
+def candidate(path: Path, target: Target | None = None) -> Candidate:
+    """``path`` as a Candidate: its target (from its suffix unless given) and what stops it being used here."""
     target = target or target_for_path(path)
-    reason = unavailable if unavailable is not None else target.unavailable_reason()
+    return _candidate(path, target, target.unavailable_reason())
+
+
+def _candidate(path: Path, target: Target, reason: str | None) -> Candidate:
     if reason:
         where = f"{reason}; it runs on {target.runs_on}"
         return Candidate(path, target, precision_of(path) or "-",
@@ -471,7 +473,7 @@ def candidates(folder: str | os.PathLike[str]) -> list[Candidate]:
         target = target_for_path(path)
         if target.name not in reasons:
             reasons[target.name] = target.unavailable_reason()
-        found.append(candidate(path, target, reasons[target.name] or ""))
+        found.append(_candidate(path, target, reasons[target.name]))
     return found
 
 
