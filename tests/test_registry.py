@@ -182,7 +182,7 @@ def test_a_stale_artifact_is_skipped_with_a_warning_and_refused_when_named(tmp_p
     warnings: list[str] = []
     assert registry.default_artifact(tmp_path, log=warnings.append).name == "model.fp32.onnx"
     (warning,) = warnings
-    assert warning.startswith("warning: skipping model.fp32.ort.onnx is stale") and "ulffn-deploy build-engine" in warning
+    assert warning.startswith("warning (skipped): model.fp32.ort.onnx is stale") and "ulffn-deploy build-engine" in warning
     with pytest.raises(UlffnError, match="model.fp32.ort.onnx is stale: it was built from another model.fp32.onnx"):
         Segmenter.load(built)
     assert describe_artifact(built)["runs_here"].startswith("no: model.fp32.ort.onnx is stale")

@@ -484,7 +484,7 @@ def warn_stale(found: Iterable[Candidate], log: Callable[[str], None] | None = N
     say = log or (lambda message: print(message, file=sys.stderr))
     for item in found:
         if item.stale:
-            say(f"warning: skipping {item.stale}")
+            say(f"warning (skipped): {item.stale}")
 
 
 VERIFIED_NAME = "verified.json"
