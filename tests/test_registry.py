@@ -157,7 +157,7 @@ def test_a_target_that_builds_here_for_another_device(tmp_path, archive_target, 
                  ("verify", str(folder / "model.fp32.npz"), "--artifacts", str(folder))):
         line = _one_line_error(run_cli(*args))
         assert "no archive accelerator here; it runs on an archive accelerator (checked here: " in line, line
-        assert "sidecar read" in line and "from model.fp32.onnx (unchanged since)" in line
+        assert "sidecar read" in line and "from model.fp32.onnx (unchanged since the build)" in line
     info = registry.candidate(folder / "model.fp32.npz")
     assert info.problem.startswith("no archive accelerator here; it runs on an archive accelerator")
 

@@ -27,8 +27,8 @@ cannot be read are reported and skipped; the exit code is then 1.
               help="full: resize the whole image to the model's input; paper: resize the shorter side and centre-crop "
                    "(outside the crop is background).")
 @click.option("--device", default=None,
-              help="Device to run on, for targets that declare one (ONNX Runtime and PyTorch: cpu, cuda; OpenVINO: "
-                   "cpu, gpu, npu, auto). [default: the target's]")
+              help="Device to run on (e.g. cpu, cuda), for a target that declares a device option; its choices are "
+                   "the target's own. [default: the target's]")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @click.option("--engine-cache", type=click.Path(file_okay=False),
               help="Run an .onnx MODEL on TensorRT: build its engine into this folder on first use (per GPU and TensorRT "

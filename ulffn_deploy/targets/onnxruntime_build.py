@@ -5,7 +5,8 @@ optimisations once and saves the result (``SessionOptions.optimized_model_filepa
 and "extended" are used, not "all": ONNX Runtime's graph-optimizations documentation warns that models
 saved with layout optimisations (ORT_ENABLE_ALL) are specific to the machine that saved them. "extended"
 fuses into ONNX Runtime contrib ops (e.g. FusedConv), so the result is for ONNX Runtime's CPU provider.
-The saved model is loaded back and compared with the online-optimised source before it is kept.
+The saved model is loaded back and compared with the online-optimised source through the harness
+(``onnx_source.check_build``, the tolerance table's ``built`` row) before it is kept.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from ulffn_deploy.runtime.metadata import sidecar_path
 from ulffn_deploy.targets.onnx_source import OnnxSource, describe_onnx, files_record, sidecar_common
 from ulffn_deploy.targets.onnxruntime import graph_optimization_level
 
+# OnnxSource, describe_onnx and sidecar_common live in targets/onnx_source.py; re-exported here for target
+# modules written against their earlier place
 __all__ = ["ORT_LEVELS", "OnnxSource", "build_ort_model", "describe_onnx", "sidecar_common"]
 
 ORT_LEVELS = ("basic", "extended")

@@ -230,7 +230,8 @@ class Target:
             if record is not None:
                 source = path.parent / record[0]
                 state = ("not beside it" if not source.is_file() else
-                         "unchanged since" if _cached_sha256(source) == record[1] else "CHANGED since: stale")
+                         "unchanged since the build" if _cached_sha256(source) == record[1]
+                         else "changed since the build: stale")
                 parts.append(f"from {record[0]} ({state})")
         return ", ".join(parts)
 
