@@ -390,11 +390,11 @@ def test_factory_and_weights_problems_are_one_line(tmp_path):
 
 
 def test_cli_error_is_one_line_with_exit_2(tmp_path):
-    from helpers import run_cli
+    from helpers import assert_one_line_error, run_cli
 
     write_derm3(tmp_path, contract=ONNX_CONTRACT.replace("classes = 3", "classes = 5"))
     result = run_cli("import-model", str(tmp_path / "derm3.toml"), "-o", str(tmp_path / "out"))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "output.classes says 5" in result.stderr
+    assert_one_line_error(result, 2, "output.classes says 5")
 
 
 # -- ULFFN's rules are data too ----------------------------------------------------------------------------
