@@ -31,13 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ulffn_deploy import __version__
-from ulffn_deploy.contract import (
-    ModelContract,
-    OutputSpec,
-    load_contract,
-    rule_nodes,
-    rules_to_json,
-)
+from ulffn_deploy.contract import ModelContract, OutputSpec, load_contract
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.export.fp16 import SOFTMAX_RULE, convert_to_fp16
@@ -47,6 +41,7 @@ from ulffn_deploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from ulffn_deploy.export.pipeline import FILE_NAMES, ExportResult, _export_one, prepare_output_dir
 from ulffn_deploy.fileio import sha256_file
 from ulffn_deploy.harness import format_comparisons, image_source
+from ulffn_deploy.keep_fp32 import rule_nodes, rules_to_json
 from ulffn_deploy.runtime.base import Segmenter
 from ulffn_deploy.runtime.metadata import ArtifactMetadata, set_metadata
 

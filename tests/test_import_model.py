@@ -20,10 +20,11 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from ulffn_deploy.cli import cli
-from ulffn_deploy.contract import ULFFN_KEEP_FP32, KeepFp32, keep_fp32_nodes, load_contract
+from ulffn_deploy.contract import load_contract, rules_from_json
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.export.import_model import import_model
 from ulffn_deploy.export.lint import lint_model
+from ulffn_deploy.keep_fp32 import ULFFN_KEEP_FP32, keep_fp32_nodes
 from ulffn_deploy.latency import Schedule
 from ulffn_deploy.runtime import Segmenter
 from ulffn_deploy.runtime.metadata import read_metadata
@@ -213,7 +214,7 @@ def test_imported_graph_has_the_toolkits_io_and_metadata(imported):
         assert meta.normalization.mean == pytest.approx((123.675 / 255, 116.28 / 255, 103.53 / 255))
         assert any(node.op_type == "Gather" for node in model.graph.node)
     recorded = json.loads(meta.extra["keep_fp32"])
-    assert [KeepFp32.from_dict(rule) for rule in recorded[: len(contract.keep_fp32)]] == list(contract.keep_fp32)
+    assert rules_from_json(recorded[: len(contract.keep_fp32)]) == contract.keep_fp32
 
 
 def test_outputs_are_background_and_lesion_probabilities(imported):
@@ -238,7 +239,7 @@ def test_fp16_keeps_the_head_fp32(imported):
 
 
 def load_contract_rules(out):
-    return [KeepFp32.from_dict(rule) for rule in json.loads(read_metadata(out / "model.fp32.onnx").extra["keep_fp32"])]
+    return list(rules_from_json(json.loads(read_metadata(out / "model.fp32.onnx").extra["keep_fp32"])))
 
 
 def test_calibrate_build_verify_and_predict(imported, data, tmp_path):
@@ -401,7 +402,8 @@ def test_cli_error_is_one_line_with_exit_2(tmp_path):
 
 def test_contract_module_imports_nothing_heavy():
     result = run_python(textwrap.dedent("""
-        from ulffn_deploy.contract import ULFFN_KEEP_FP32, load_contract
+        from ulffn_deploy.contract import load_contract
+        from ulffn_deploy.keep_fp32 import ULFFN_KEEP_FP32
         print(len(ULFFN_KEEP_FP32))
     """))
     assert result.returncode == 0, result.stderr
