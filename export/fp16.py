@@ -41,12 +41,6 @@ def scope_rules(scopes: Iterable[str] = DEFAULT_FP32_SCOPES) -> tuple[KeepFp32, 
 SOFTMAX_RULE = KeepFp32(op="Softmax", reason="softmax: the output probabilities")
 
 
-def cam_fp32_node_names(model: onnx.ModelProto, scopes: Iterable[str] = DEFAULT_FP32_SCOPES) -> list[str]:
-    """The CAM nodes kept in FP32: each scope's nodes up to and including its Sigmoid (all if it has none)."""
-    rules = [rule for rule in scope_rules(scopes) if rule.op is None]
-    return sorted(keep_fp32_nodes(model.graph, rules, "fp16"))
-
-
 def _cast_to(node: onnx.NodeProto) -> int:
     return next(int(a.i) for a in node.attribute if a.name == "to")
 
