@@ -12,10 +12,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ulffn_deploy.contract import KeepFp32, rules_from_json
+from ulffn_deploy.contract import rules_from_json
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import atomic_path, check_writable_file, output_errors, write_json_atomic
+from ulffn_deploy.keep_fp32 import KeepFp32
 from ulffn_deploy.runtime.metadata import ArtifactMetadata, set_metadata
 
 from .quantize import (

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ulffn_deploy.contract import ULFFN_KEEP_FP32, KeepFp32, keep_fp32_nodes
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.keep_fp32 import ULFFN_KEEP_FP32, KeepFp32, keep_fp32_nodes
 
 from .reader import ImageBatchReader
 from .source import Preprocessing

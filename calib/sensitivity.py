@@ -36,7 +36,7 @@ def layer_sensitivity(prepared: Path, ranges: Mapping[str, Sequence[float]], met
                       ) -> list[dict[str, Any]]:
     """For each node in ``candidates``, the model with only that node quantized against FP32 on ``images``:
     mean mask Dice agreement and mean |lesion probability difference|; worst (largest difference) first."""
-    from ulffn_deploy.targets.onnxruntime import create_session
+    from ulffn_deploy.onnx_session import create_session
 
     batch = load_batch(images, preprocessing)
     reference = create_session(prepared).run(None, {input_name: batch})[0]

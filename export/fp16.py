@@ -9,7 +9,7 @@ Kept in FP32 (docs/model.md asks for the CAM's statistics to stay exact):
 The CAM's gating, x * weights + x, is full resolution and runs in FP16: its weights lie in (0, 1).
 Graph inputs and outputs stay FP32, with Cast nodes at the boundary.
 
-These rules are data (``ulffn_deploy.contract.KeepFp32``): an imported model's contract gives its own.
+These rules are data (``ulffn_deploy.keep_fp32.KeepFp32``): an imported model's contract gives its own.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from ulffn_deploy.contract import ULFFN_CAM, KeepFp32, keep_fp32_nodes
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.export.graph import producers, remove_unused, scoped_nodes, slim
+from ulffn_deploy.keep_fp32 import ULFFN_CAM, KeepFp32, keep_fp32_nodes
 
 if TYPE_CHECKING:
     import onnx
@@ -39,12 +39,6 @@ def scope_rules(scopes: Iterable[str] = DEFAULT_FP32_SCOPES) -> tuple[KeepFp32, 
 
 
 SOFTMAX_RULE = KeepFp32(op="Softmax", reason="softmax: the output probabilities")
-
-
-def cam_fp32_node_names(model: onnx.ModelProto, scopes: Iterable[str] = DEFAULT_FP32_SCOPES) -> list[str]:
-    """The CAM nodes kept in FP32: each scope's nodes up to and including its Sigmoid (all if it has none)."""
-    rules = [rule for rule in scope_rules(scopes) if rule.op is None]
-    return sorted(keep_fp32_nodes(model.graph, rules, "fp16"))
 
 
 def _cast_to(node: onnx.NodeProto) -> int:

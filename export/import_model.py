@@ -31,13 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ulffn_deploy import __version__
-from ulffn_deploy.contract import (
-    ModelContract,
-    OutputSpec,
-    load_contract,
-    rule_nodes,
-    rules_to_json,
-)
+from ulffn_deploy.contract import ModelContract, OutputSpec, load_contract
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.export.fp16 import SOFTMAX_RULE, convert_to_fp16
@@ -47,6 +41,7 @@ from ulffn_deploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from ulffn_deploy.export.pipeline import FILE_NAMES, ExportResult, _export_one, prepare_output_dir
 from ulffn_deploy.fileio import sha256_file
 from ulffn_deploy.harness import format_comparisons, image_source
+from ulffn_deploy.keep_fp32 import rule_nodes, rules_to_json
 from ulffn_deploy.runtime.base import Segmenter
 from ulffn_deploy.runtime.metadata import ArtifactMetadata, set_metadata
 
@@ -70,14 +65,35 @@ class SourceModel:
 
 # -- loading the source ---------------------------------------------------------------------------------
 
-def load_source(contract: ModelContract) -> SourceModel:
-    """The source model of ``contract`` as an ONNX graph (and its PyTorch module for a factory source)."""
+def load_source(contract: ModelContract, trust_code: bool = False) -> SourceModel:
+    """The source model of ``contract`` as an ONNX graph (and its PyTorch module for a factory source).
+    A factory source is Python code: it runs only with ``trust_code``."""
     if contract.source.onnx is not None:
         from ulffn_deploy.runtime.metadata import load_onnx
 
         return SourceModel(_at_opset(load_onnx(contract.source.onnx, "source.onnx must be an ONNX model file")))
+    check_code_consent(contract, trust_code, log=lambda line: None)
     module = load_module(contract)
     return SourceModel(torch_export(module, contract), module)
+
+
+def check_code_consent(contract: ModelContract, trust_code: bool, log: Callable[[str], None] = print) -> None:
+    """For a factory source: say what code it runs, and refuse unless ``trust_code`` (an ONNX source runs none)."""
+    if not contract.source.runs_code:
+        return
+    log(f"import-model: {code_to_run(contract)}")
+    if not trust_code:
+        raise UlffnError(f"source.factory {contract.source.factory!r} is Python code, and running it needs your "
+                         "consent", "if you trust this contract and its code, run import-model with --trust-code")
+
+
+def code_to_run(contract: ModelContract) -> str:
+    """What a factory source runs, in words: the module it imports (and from where) and the call."""
+    source = contract.source
+    module_name, _, function = str(source.factory).partition(":")
+    where = f"from {source.python_path} or sys.path" if source.python_path else "from sys.path"
+    arguments = ", ".join(f"{key}={value!r}" for key, value in source.args.items())
+    return f"the contract's factory imports Python module {module_name!r} ({where}) and calls {function}({arguments})"
 
 
 def _at_opset(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -290,10 +306,14 @@ def with_toolkit_input(model: onnx.ModelProto, contract: ModelContract) -> onnx.
 
 
 def _free_names(graph: onnx.GraphProto, names: set[str]) -> None:
-    """Rename the model's own tensors that carry one of ``names``, which the toolkit's graph uses."""
+    """Rename the model's own tensors that carry one of ``names``, which the toolkit's graph uses, or the
+    head's prefix (a model that import-model wrote before, imported again), and nodes with that prefix."""
     taken = {name for node in graph.node for name in node.output} | {value.name for value in graph.input}
     taken |= {init.name for init in graph.initializer}
-    rename = {name: f"{name}_source" for name in names & taken}
+    rename = {name: f"{name}_source" for name in taken if name in names or name.startswith(f"{HEAD}/")}
+    for node in graph.node:
+        if node.name.startswith(f"{HEAD}/"):
+            node.name = f"{node.name}_source"
     if not rename:
         return
     for node in graph.node:
@@ -355,7 +375,7 @@ def with_toolkit_output(model: onnx.ModelProto, spec: OutputSpec) -> onnx.ModelP
 def smoke_test(model: onnx.ModelProto, contract: ModelContract) -> None:
     """Run a batch of two in ONNX Runtime: a graph that only runs at batch 1, or whose output is not the
     input's size, fails here in one line rather than deep inside the parity check."""
-    from ulffn_deploy.targets.onnxruntime import create_session
+    from ulffn_deploy.onnx_session import create_session
 
     size = contract.input.size
     session = create_session(model.SerializeToString())
@@ -418,7 +438,7 @@ def reference_probabilities(source: SourceModel, contract: ModelContract, batch:
         with torch.no_grad():
             raw = [source.module(torch.from_numpy(model_input[i : i + 1])).float().numpy() for i in range(len(batch))]
     else:
-        from ulffn_deploy.targets.onnxruntime import create_session
+        from ulffn_deploy.onnx_session import create_session
 
         session = create_session(source.model.SerializeToString())
         name = _real_inputs(source.model.graph)[0].name
@@ -427,6 +447,14 @@ def reference_probabilities(source: SourceModel, contract: ModelContract, batch:
 
 
 # -- the whole import -------------------------------------------------------------------------------------
+
+def _refuse_overwriting_the_source(contract: ModelContract, out: Path) -> None:
+    """The files import-model writes must not be the contract's own source (ONNX file or weights)."""
+    written = {(out / name).resolve() for name in FILE_NAMES.values()}
+    if contract.source.file.resolve() in written:
+        raise UlffnError(f"{contract.source.file}: the source model is one of the files import-model writes in {out}",
+                         "choose another -o folder")
+
 
 class SourceSegmenter(Segmenter):
     """The source model as a Segmenter (toolkit input and output): the reference of the parity check."""
@@ -446,14 +474,18 @@ def import_model(
     *,
     images: int = 8,
     data: str | os.PathLike[str] | None = None,
+    trust_code: bool = False,
     log: Callable[[str], None] = print,
 ) -> ExportResult:
     """Write ``out_dir``/model.fp32.onnx and model.fp16.onnx for the contract's model (module docstring).
-    As in ``export``, each file is written only if its own checks pass; ``result.failed`` says why not."""
+    As in ``export``, each file is written only if its own checks pass; ``result.failed`` says why not.
+    A contract with a PyTorch factory runs its code only with ``trust_code`` (``load_source``)."""
     contract = load_contract(contract_path)
     out = Path(out_dir)
+    _refuse_overwriting_the_source(contract, out)
+    check_code_consent(contract, trust_code, log)
     prepare_output_dir(out)
-    source = load_source(contract)
+    source = load_source(contract, trust_code)
     check_fits(source.model, contract)
     graphs = build_graphs(source, contract)
     meta = metadata_for(contract)

@@ -2,5 +2,6 @@
 
 Shared test code lives in plain modules that tests import by name, never from this file:
 ``tiny_models`` (the session's one tiny model, its checkpoint, ONNX files and artifacts folder) and
-``helpers`` (the command line and fresh interpreters in subprocesses).
+``helpers`` (the command line and fresh interpreters in subprocesses, the one-line-error assertion, a
+stand-in built artifact with its sidecar, and torch on few threads).
 """

@@ -26,7 +26,7 @@ class ArchiveSegmenter(Segmenter):
     backend = "archive"
 
     def __init__(self, path: Path, fit_mode: str = "full", threads: int | None = None) -> None:
-        from ulffn_deploy.targets.onnxruntime import create_session
+        from ulffn_deploy.onnx_session import create_session
 
         sidecar = read_sidecar(path)
         super().__init__(path, ArtifactMetadata.from_mapping(sidecar, path), fit_mode)

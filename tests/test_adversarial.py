@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_python
+from helpers import assert_one_line_error as assert_one_line
+from helpers import run_cli, run_python
 from PIL import Image
 from tiny_models import sample_images, tiny_checkpoint, tiny_onnx
 
@@ -37,22 +38,7 @@ def run(*args: str | os.PathLike[str], cwd: Path | None = None, full_disk: bool 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
 
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("ULFFN_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "ulffn_deploy", *(os.fspath(a) for a in args)], capture_output=True,
-                          text=True, errors="replace", timeout=300, cwd=cwd, env=env,
-                          preexec_fn=limit_writes if full_disk else None)
-
-
-def assert_one_line(result: subprocess.CompletedProcess, code: int, *words: str) -> str:
-    """Exit ``code``, exactly one ``error:`` line on stderr (containing ``words``), no traceback."""
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr[-2000:]
-    assert len(errors) == (1 if code == 2 else 0), result.stderr[-2000:]
-    for word in words:
-        assert word in result.stderr, (word, result.stderr[-2000:])
-    return errors[0] if errors else ""
+    return run_cli(*args, cwd=cwd, timeout=300, preexec_fn=limit_writes if full_disk else None)
 
 
 def no_temp_files(folder: Path) -> bool:

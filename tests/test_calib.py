@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from helpers import run_cli
+from helpers import assert_one_line_error, run_cli
 from onnx import TensorProto, helper, numpy_helper
 from tiny_models import SIZE, tiny_onnx
 
@@ -214,8 +214,7 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_output(workdir, tmp_path, c
         shutil.copytree(workdir / "data", data, dirs_exist_ok=True)
     before = sorted(p.name for p in tmp_path.iterdir())
     result = run_cli("calibrate", str(model), "--data", str(data))
-    assert result.returncode == 2, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert_one_line_error(result, 2, message)
     if case == "empty data folder":
         assert str(data) in result.stderr
     if case == "foreign onnx":

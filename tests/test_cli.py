@@ -1,6 +1,6 @@
 import numpy as np
 from click.testing import CliRunner
-from helpers import run_cli, run_python
+from helpers import assert_one_line_error, run_cli, run_python
 from PIL import Image
 
 from ulffn_deploy.cli import COMMANDS, cli
@@ -38,8 +38,7 @@ def test_every_command_has_help_without_heavy_imports():
 
 def test_unknown_command_is_one_line_error():
     result = run_cli("no-such-command")
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert_one_line_error(result, 2, "no-such-command")
 
 
 def _write_mask(path, mask):
@@ -76,8 +75,8 @@ def test_score_rejects_non_binary_masks_and_empty_folders(tmp_path):
     pred.mkdir()
     truth.mkdir()
     result = run_cli("score", str(pred), str(truth))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert_one_line_error(result, 2)
     Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(truth / "ISIC_0000001_Segmentation.png")
     _write_mask(pred / "ISIC_0000001.png", np.ones((8, 8), bool))
     result = run_cli("score", str(pred), str(truth))
-    assert result.returncode == 2 and "two-valued" in result.stderr and result.stderr.count("\n") == 1
+    assert_one_line_error(result, 2, "two-valued")

@@ -10,9 +10,9 @@ import json
 import resource
 import shutil
 import subprocess
-import sys
 
 import pytest
+from helpers import assert_one_line_error, run_cli
 from PIL import Image
 from tiny_models import SIZE, sample_images, tiny_onnx
 
@@ -42,17 +42,12 @@ def _crafted_onnx(folder, input_size: int, name: str = "model.fp32.onnx"):
 def _predict(tmp_path, model) -> subprocess.CompletedProcess:
     image = tmp_path / "lesion.png"
     Image.fromarray(sample_images(1)[0]).save(image)
-    return subprocess.run([sys.executable, "-m", "ulffn_deploy", "predict", str(model), str(image), "-o",
-                           str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True, timeout=300,
-                          preexec_fn=_limit_memory)
+    return run_cli("predict", model, image, "-o", tmp_path / "out", "--no-progress", timeout=300,
+                   preexec_fn=_limit_memory)
 
 
 def _assert_one_line_exit_2(proc: subprocess.CompletedProcess, *expected: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for text in expected:
-        assert text in lines[0], lines[0]
+    assert_one_line_error(proc, 2, *expected)
 
 
 def test_huge_input_size_in_onnx_metadata_is_refused_before_allocating(tmp_path):
@@ -127,8 +122,7 @@ def test_checkpoint_with_a_huge_input_size_is_refused_by_evaluate(tmp_path):
     checkpoint["input_size"] = 1_000_000
     save_checkpoint(tmp_path / "best.pt", checkpoint)
     generate_dataset(tmp_path / "isic", n_train=4, n_test=2, size=40)
-    proc = subprocess.run([sys.executable, "-m", "ulffn_deploy", "evaluate", str(tmp_path / "best.pt"), "--data",
-                           str(tmp_path / "isic")], capture_output=True, text=True, timeout=300, preexec_fn=_limit_memory)
+    proc = run_cli("evaluate", tmp_path / "best.pt", "--data", tmp_path / "isic", timeout=300, preexec_fn=_limit_memory)
     _assert_one_line_exit_2(proc, "best.pt", "input size 1000000")
 
 

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import run_cli, run_python
+from helpers import few_torch_threads, run_cli, run_python
 from onnx import TensorProto, numpy_helper
 
 from ulffn_deploy.checkpoint import save_checkpoint
@@ -27,10 +27,7 @@ SIZE, WIDTH = 64, 8
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+    yield from few_torch_threads()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +50,7 @@ def exported(checkpoint, tmp_path_factory):
 
 
 def ort_session(path):
-    from ulffn_deploy.targets.onnxruntime import create_session
+    from ulffn_deploy.onnx_session import create_session
 
     return create_session(path)
 

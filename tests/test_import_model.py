@@ -15,15 +15,16 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from helpers import run_python
+from helpers import assert_one_line_error, run_cli, run_python
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from ulffn_deploy.cli import cli
-from ulffn_deploy.contract import ULFFN_KEEP_FP32, KeepFp32, keep_fp32_nodes, load_contract
+from ulffn_deploy.contract import load_contract, rules_from_json
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.export.import_model import import_model
 from ulffn_deploy.export.lint import lint_model
+from ulffn_deploy.keep_fp32 import ULFFN_KEEP_FP32, keep_fp32_nodes
 from ulffn_deploy.latency import Schedule
 from ulffn_deploy.runtime import Segmenter
 from ulffn_deploy.runtime.metadata import read_metadata
@@ -191,7 +192,8 @@ def imported(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     contract = write_unet(folder / "model") if request.param == "unet" else write_derm3(folder / "model")
     out = folder / "artifacts"
-    result = CliRunner().invoke(cli, ["import-model", str(contract), "-o", str(out), "--images", "4"])
+    trust = ["--trust-code"] if request.param == "unet" else []  # an ONNX source runs no code: no flag needed
+    result = CliRunner().invoke(cli, ["import-model", str(contract), "-o", str(out), "--images", "4", *trust])
     assert result.exit_code == 0, result.output
     assert "| fp32 | 4 |" in result.output and "wrote" in result.output
     return load_contract(contract), out
@@ -213,7 +215,7 @@ def test_imported_graph_has_the_toolkits_io_and_metadata(imported):
         assert meta.normalization.mean == pytest.approx((123.675 / 255, 116.28 / 255, 103.53 / 255))
         assert any(node.op_type == "Gather" for node in model.graph.node)
     recorded = json.loads(meta.extra["keep_fp32"])
-    assert [KeepFp32.from_dict(rule) for rule in recorded[: len(contract.keep_fp32)]] == list(contract.keep_fp32)
+    assert rules_from_json(recorded[: len(contract.keep_fp32)]) == contract.keep_fp32
 
 
 def test_outputs_are_background_and_lesion_probabilities(imported):
@@ -238,7 +240,7 @@ def test_fp16_keeps_the_head_fp32(imported):
 
 
 def load_contract_rules(out):
-    return [KeepFp32.from_dict(rule) for rule in json.loads(read_metadata(out / "model.fp32.onnx").extra["keep_fp32"])]
+    return list(rules_from_json(json.loads(read_metadata(out / "model.fp32.onnx").extra["keep_fp32"])))
 
 
 def test_calibrate_build_verify_and_predict(imported, data, tmp_path):
@@ -369,6 +371,10 @@ def test_contract_that_contradicts_the_model(tmp_path, edit, field):
     (('values = "probabilities"', 'values = "masks"'), "output.values 'masks'"),
     (('precisions = ["int8"]', 'precisions = ["bf16"]'), "precision.keep_fp32[0].precisions"),
     (("std = [57.375, 57.12, 58.395]", "std = [1, 2]"), "input.std must be 3 numbers"),
+    (("std = [57.375, 57.12, 58.395]", "std = [57.375, inf, 58.395]"), "input.std is inf, not a finite number"),
+    (("mean = [103.53, 116.28, 123.675]", "mean = [nan, 116.28, 123.675]"), "input.mean is nan, not a finite number"),
+    (("size = 32", "size = 8192"), "input.size 8192 is above 2048"),  # refused before anything is allocated
+    (('onnx = "derm3.onnx"', 'onnx = "."'), "source.onnx '.' is a folder"),
 ])
 def test_contract_fields_are_validated_in_one_line(tmp_path, edit, field):
     (tmp_path / "derm3.onnx").write_bytes(b"")
@@ -383,25 +389,113 @@ def test_factory_and_weights_problems_are_one_line(tmp_path):
     bad_import = UNET_CONTRACT.replace("acme_models.unet:build", "acme_models.unet:missing")
     contract.write_text(bad_import)
     with pytest.raises(UlffnError, match="source.factory 'acme_models.unet:missing' cannot be imported"):
-        import_model(contract, tmp_path / "out", **QUIET)
+        import_model(contract, tmp_path / "out", trust_code=True, **QUIET)
     contract.write_text(UNET_CONTRACT.replace("width = 8", "width = 16"))
     with pytest.raises(UlffnError, match="source.weights: unet.pt does not fit the factory's model"):
-        import_model(contract, tmp_path / "out", **QUIET)
+        import_model(contract, tmp_path / "out", trust_code=True, **QUIET)
 
 
 def test_cli_error_is_one_line_with_exit_2(tmp_path):
-    from helpers import run_cli
-
     write_derm3(tmp_path, contract=ONNX_CONTRACT.replace("classes = 3", "classes = 5"))
     result = run_cli("import-model", str(tmp_path / "derm3.toml"), "-o", str(tmp_path / "out"))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "output.classes says 5" in result.stderr
+    assert_one_line_error(result, 2, "output.classes says 5")
+
+
+# -- hostile or odd contracts and sources (issue 18) -------------------------------------------------------
+
+def test_a_factory_runs_no_code_without_trust_code(tmp_path):
+    marker = tmp_path / "ran"
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    (tmp_path / "evil.toml").write_text(UNET_CONTRACT.split("[source]")[0] + f"""
+[source]
+factory = "os:system"
+weights = "w.pt"
+args = {{ command = "touch {marker}" }}
+
+[input]
+size = 32
+
+[output]
+activation = "sigmoid"
+""")
+    result = run_cli("import-model", tmp_path / "evil.toml", "-o", tmp_path / "out")
+    assert_one_line_error(result, 2, "source.factory 'os:system' is Python code", "--trust-code")
+    assert "imports Python module 'os'" in result.stdout and "system(command=" in result.stdout
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_import_model_refuses_to_overwrite_its_own_source(tmp_path):
+    out = tmp_path / "out"
+    write_derm3(tmp_path, contract=ONNX_CONTRACT.replace('onnx = "derm3.onnx"', 'onnx = "out/model.fp32.onnx"'))
+    out.mkdir()
+    (tmp_path / "derm3.onnx").rename(out / "model.fp32.onnx")
+    before = (out / "model.fp32.onnx").read_bytes()
+    with pytest.raises(UlffnError, match="the source model is one of the files import-model writes"):
+        import_model(tmp_path / "derm3.toml", out, images=2, **QUIET)
+    assert (out / "model.fp32.onnx").read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["model.fp32.onnx"]
+
+
+def test_an_imported_model_can_be_imported_again(tmp_path):
+    first = import_model(write_derm3(tmp_path / "a"), tmp_path / "a" / "out", images=2, **QUIET)
+    again = ONNX_CONTRACT.replace('onnx = "derm3.onnx"', 'onnx = "out/model.fp32.onnx"').replace('"BGR"', '"RGB"')
+    again = again.replace("classes = 3", "classes = 2").replace("lesion_class = 2", "lesion_class = 1")
+    (tmp_path / "a" / "again.toml").write_text(again)
+    second = import_model(tmp_path / "a" / "again.toml", tmp_path / "b", images=2, **QUIET)
+    assert not second.failed and set(second.paths) == {"fp32", "fp16"}
+    batch = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    with Segmenter.load(first.paths["fp32"]) as one, Segmenter.load(second.paths["fp32"]) as two:
+        np.testing.assert_allclose(two.infer(batch), one.infer(batch), atol=1e-5)
+
+
+def _external_data_onnx(folder, problem: str):
+    """derm3 with its weights in derm3.onnx.data; ``problem``: that file is missing, or the model names a
+    file outside its folder."""
+    folder.mkdir(parents=True)
+    onnx.save(derm3_graph(), str(folder / "derm3.onnx"), save_as_external_data=True, location="derm3.onnx.data",
+              size_threshold=256)
+    if problem == "missing":
+        (folder / "derm3.onnx.data").unlink()
+    else:
+        model = onnx.load(str(folder / "derm3.onnx"), load_external_data=False)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = "../outside/derm3.onnx.data"
+        onnx.save(model, str(folder / "derm3.onnx"))
+    (folder / "derm3.toml").write_text(ONNX_CONTRACT)
+    return folder / "derm3.onnx"
+
+
+@pytest.mark.parametrize("problem", ["missing", "escaping"])
+@pytest.mark.parametrize("command", ["import-model", "lint-onnx", "calibrate"])
+def test_missing_or_escaping_external_data_is_one_line_exit_2(tmp_path, problem, command):
+    model = _external_data_onnx(tmp_path / "m", problem)
+    args = {"import-model": [model.with_suffix(".toml"), "-o", tmp_path / "out"], "lint-onnx": [model],
+            "calibrate": [model, "--data", tmp_path]}[command]
+    assert_one_line_error(run_cli(command, *args), 2, "external data is missing or outside its folder")
+
+
+def test_an_onnx_runtime_build_does_not_depend_on_the_sources_data_file(imported, tmp_path):
+    from ulffn_deploy.targets.onnxruntime_build import build_ort_model
+
+    _, out = imported
+    onnx.save(onnx.load(str(out / "model.fp32.onnx")), str(tmp_path / "model.fp32.onnx"), save_as_external_data=True,
+              location="model.fp32.onnx.data", size_threshold=256)
+    built = build_ort_model(tmp_path / "model.fp32.onnx")
+    batch = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    with Segmenter.load(built) as segmenter:
+        expected = segmenter.infer(batch)
+    (tmp_path / "model.fp32.onnx.data").unlink()  # the source moves away: the artifact must not notice
+    with Segmenter.load(built) as segmenter:
+        np.testing.assert_array_equal(segmenter.infer(batch), expected)
 
 
 # -- ULFFN's rules are data too ----------------------------------------------------------------------------
 
 def test_contract_module_imports_nothing_heavy():
     result = run_python(textwrap.dedent("""
-        from ulffn_deploy.contract import ULFFN_KEEP_FP32, load_contract
+        from ulffn_deploy.contract import load_contract
+        from ulffn_deploy.keep_fp32 import ULFFN_KEEP_FP32
         print(len(ULFFN_KEEP_FP32))
     """))
     assert result.returncode == 0, result.stderr
@@ -441,7 +535,7 @@ def test_dynamic_height_and_width(tmp_path):
 
     contract = write_unet(tmp_path)
     contract.write_text(UNET_CONTRACT.replace("size = 32\n", "size = 32\ndynamic = [16, 64]\n"))
-    result = import_model(contract, tmp_path / "out", images=2, **QUIET)
+    result = import_model(contract, tmp_path / "out", images=2, trust_code=True, **QUIET)
     session = onnxruntime.InferenceSession(str(result.paths["fp16"]), providers=["CPUExecutionProvider"])
     assert [d for d in session.get_inputs()[0].shape[2:]] == ["height", "width"]
     (output,) = session.run(None, {"image": np.zeros((1, 3, 48, 64), np.float32)})

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from helpers import run_cli, run_python
+from helpers import assert_one_line_error, run_cli, run_python
 
 from ulffn_deploy.cli import cli
 
@@ -61,10 +61,8 @@ def test_variants_report_different_parameter_counts():
 )
 def test_bad_arguments_fail_with_one_line(args, expected):
     proc = run_cli("info", *args)
-    assert proc.returncode == 2
+    assert_one_line_error(proc, 2, expected)
     assert proc.stdout == ""
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert expected in proc.stderr
 
 
 def test_without_torch_says_how_to_install_it():
@@ -75,6 +73,4 @@ def test_without_torch_says_how_to_install_it():
         """,
         absent=("torch",),
     )
-    assert proc.returncode == 2
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "torch" in proc.stderr and "pip install" in proc.stderr
+    assert_one_line_error(proc, 2, "torch", "pip install")

@@ -7,13 +7,12 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from helpers import run_cli, run_python
+from helpers import assert_one_line_error, fake_artifact, run_cli, run_python
 from tiny_models import tiny_onnx
 
 from ulffn_deploy.cli import cli
 from ulffn_deploy.commands.info import layer_counts
 from ulffn_deploy.fileio import sha256_file
-from ulffn_deploy.runtime.metadata import sidecar_path
 
 
 def _info(*args: str):
@@ -34,15 +33,11 @@ def artifacts(tmp_path_factory):
     return folder
 
 
-def _engine_with_sidecar(artifacts, tmp_path, **fields):
+def _engine_with_sidecar(tmp_path, **fields):
     """An engine file and a TensorRT-style sidecar (info reads only the sidecar, so no TensorRT is needed)."""
-    sidecar = json.loads(sidecar_path(artifacts / "model.fp32.ort.onnx").read_text())
-    sidecar.update(backend="tensorrt", precision="fp16", tensorrt_version="10.9.0",
-                   gpu={"name": "NVIDIA H200", "compute_capability": "9.0"}, build_flags={"fp16": True}, **fields)
-    engine = tmp_path / "model.fp16.engine"
-    engine.write_bytes(b"not a real plan")
-    sidecar_path(engine).write_text(json.dumps(sidecar))
-    return engine
+    return fake_artifact(tmp_path, "model.fp16.engine", "tensorrt", tensorrt_version="10.9.0",
+                         gpu={"name": "NVIDIA H200", "compute_capability": "9.0"},
+                         build_flags={"max_batch": 8}, **fields)
 
 
 def test_onnx_table_names_backend_precision_size_and_hash(artifacts):
@@ -65,12 +60,12 @@ def test_built_artifact_json_links_its_source_onnx(artifacts):
     assert described["sidecar"]["build_command"].startswith("ulffn-deploy build-engine")
 
 
-def test_engine_is_described_from_its_sidecar_with_layer_counts(artifacts, tmp_path):
-    engine = _engine_with_sidecar(artifacts, tmp_path, layer_precisions={"fp16": 2, "fp32": 1},
+def test_engine_is_described_from_its_sidecar_with_layer_counts(tmp_path):
+    engine = _engine_with_sidecar(tmp_path, layer_precisions={"fp16": 2, "fp32": 1},
                                   build_command="ulffn-deploy build-engine \x1b[31m--onnx x.onnx")
     rows = _rows(_info(str(engine)).output)
     assert rows["backend"] == "TensorRT" and rows["precision"] == "fp16"
-    assert rows["layers by precision"] == "fp16 2, fp32 1" and rows["build flags"] == "fp16 True"
+    assert rows["layers by precision"] == "fp16 2, fp32 1" and rows["build flags"] == "max_batch 8"
     assert "tensorrt 10.9.0" in rows["built with versions"] and "built with" not in rows  # escape codes are never echoed
 
 
@@ -99,8 +94,8 @@ def test_bad_models_fail_with_one_line(tmp_path, artifacts, case):
             "engine without sidecar": [str(tmp_path / "model.fp16.engine")],
             "with --width": [str(artifacts / "model.fp32.onnx"), "--width", "8"]}[case]
     proc = run_cli("info", *args)
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert_one_line_error(proc, 2)
+    assert proc.stdout == ""
 
 
 def test_layer_counts_read_the_one_shape_a_build_writes():

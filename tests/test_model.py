@@ -6,6 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from helpers import few_torch_threads
 from torch import nn
 
 from ulffn_deploy.config import VARIANTS, ModelConfig
@@ -15,10 +16,7 @@ from ulffn_deploy.model import CAM, ULFFN, build_model, check_input_size, model_
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+    yield from few_torch_threads()
 
 
 @pytest.fixture(scope="module")

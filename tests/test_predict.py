@@ -14,7 +14,8 @@ from tiny_models import sample_images, tiny_onnx
 
 from ulffn_deploy.cli import cli
 from ulffn_deploy.imageio import read_mask, read_rgb
-from ulffn_deploy.predict import collect_images, outline, overlay, predict_paths
+from ulffn_deploy.overlay import draw_overlay, outline
+from ulffn_deploy.predict import collect_images, predict_paths
 from ulffn_deploy.runtime import Segmenter
 
 
@@ -136,6 +137,6 @@ def test_outline_is_a_band_inside_the_mask_edge():
     assert band.sum() == 100 - 36  # a 10x10 square minus its 6x6 interior
     assert not band[~mask].any() and not band[8:12, 8:12].any()
     image = np.full((20, 20, 3), 7, np.uint8)
-    drawn = overlay(image, mask)
+    drawn = draw_overlay(image, mask.astype(np.float32))
     assert (drawn[band] == (0, 255, 0)).all() and (drawn[~band] == 7).all()
     assert not outline(np.zeros((4, 4), bool)).any()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 
 import pytest
+from helpers import run_cli
 from PIL import Image
 from tiny_models import sample_images, tiny_onnx
 
@@ -59,10 +57,8 @@ def test_unknown_total_and_interval_from_the_environment(monkeypatch):
 def test_predict_logs_progress_lines_when_piped(tmp_path):
     for i, image in enumerate(sample_images(3)):
         Image.fromarray(image).save(tmp_path / f"image_{i}.png")
-    env = {**os.environ, INTERVAL_ENV: "0"}
-    proc = subprocess.run([sys.executable, "-m", "ulffn_deploy", "predict", str(tiny_onnx("fp32")), str(tmp_path),
-                           "-o", str(tmp_path / "out"), "--batch-size", "1"], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = run_cli("predict", tiny_onnx("fp32"), tmp_path, "-o", tmp_path / "out", "--batch-size", "1",
+                   env={INTERVAL_ENV: "0"}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr
     assert [line.split(" (")[0] for line in proc.stderr.splitlines()[:3]] == [

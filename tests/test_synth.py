@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import run_cli, run_python
+from helpers import assert_one_line_error, run_cli, run_python
 from PIL import Image
 
 from ulffn_deploy import synth
@@ -154,8 +154,7 @@ def test_cli_synth(tmp_path):
 @pytest.mark.parametrize("args", [["--n", "0"], ["--size", "16"], ["--n", "x"]])
 def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, args):
     result = run_cli("synth", str(tmp_path / "d"), *args)
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:")
+    assert_one_line_error(result, 2)
     assert not (tmp_path / "d").exists()
 
 

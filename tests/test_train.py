@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, run_cli
 
 torch = pytest.importorskip("torch")
 
@@ -203,7 +202,5 @@ def test_cli_bad_data_folder_is_one_line(tmp_path: Path, make: str) -> None:
     folder = tmp_path / "data"
     if make == "empty":
         folder.mkdir()
-    result = subprocess.run([sys.executable, "-m", "ulffn_deploy", "train", "--data", str(folder), "--out",
-                             str(tmp_path / "run"), "--preset", "cpu-demo"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: no ISIC 2016 train images") and result.stderr.count("\n") == 1
+    result = run_cli("train", "--data", folder, "--out", tmp_path / "run", "--preset", "cpu-demo", timeout=120)
+    assert assert_one_line_error(result, 2).startswith("error: no ISIC 2016 train images")

@@ -7,12 +7,10 @@ by a whole learning rate; SGD shows whether the gradients themselves agree.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 torch = pytest.importorskip("torch")
 
@@ -30,12 +28,11 @@ def test_two_processes_train_the_same_weights_as_one(tmp_path: Path) -> None:
     generate_dataset(data, n_train=12, n_test=0, size=40, seed=0)  # 8 training images: 2 steps of 4
     train({"data": str(data), "out": str(tmp_path / "one"), **OPTIONS})
 
-    argv = [sys.executable, "-m", "ulffn_deploy", "train", "--data", str(data), "--out", str(tmp_path / "two"),
-            "--nproc", "2"]
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "two"), "--nproc", "2"]
     for key, value in OPTIONS.items():
         option = "--" + key.replace("_", "-")
         argv += [option] if value is True else [option, str(value)]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_cli(*argv, timeout=300, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
 
     one = load_checkpoint(tmp_path / "one" / "last.pt")

@@ -3,162 +3,219 @@
 A small TOML file next to the model says where the model is (an ONNX file, or a PyTorch factory and a
 weights file), what its input expects (size, channel order, mean/std, fit mode), what its output means
 (logits or probabilities, softmax over C classes or one sigmoid channel, which class is the lesion) and
-which nodes stay FP32 when it is converted to FP16 or quantized to INT8. Every problem is a one-line
-UlffnError naming the field. ULFFN's own FP32-keep rules are data here too (``ULFFN_KEEP_FP32``).
+which nodes stay FP32 when it is converted to FP16 or quantized to INT8.
 
-This module needs only the standard library: rules match nodes of any ONNX-like graph (objects with
-``node``, ``input``; nodes with ``name``, ``op_type``, ``input``, ``output``) without importing onnx.
+What each field may hold is one table, ``SCHEMA`` (a ``Field`` per field, a dict per TOML table), read
+by one function, ``read_table``; the few rules that tie fields together (an ONNX file or a factory, a
+sigmoid has no classes, ...) follow it in code. Every problem is a one-line UlffnError naming the field.
+Matching FP32-keep rules against a graph is ``ulffn_deploy.keep_fp32``. This module needs only the
+standard library.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ulffn_deploy.config import FIT_MODES, OUTPUT_STRIDE, Normalization
+from ulffn_deploy.config import FIT_MODES, MAX_INPUT_SIZE, OUTPUT_STRIDE, Normalization
 from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.keep_fp32 import KEEP_PRECISIONS, KeepFp32
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-CHANNEL_ORDERS = ("RGB", "BGR")
-OUTPUT_VALUES = ("logits", "probabilities")
-ACTIVATIONS = ("softmax", "sigmoid")
-KEEP_PRECISIONS = ("fp16", "int8")
-FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 HINT = "see the README section 'Your own model' for a complete contract"
 
 
+# -- the schema ---------------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
-class KeepFp32:
-    """One rule naming ONNX nodes that stay FP32. Every given condition must hold for a node to match:
-    ``name`` a glob on node names, ``op`` the op type, ``reads_input`` (the node reads the graph input),
-    ``feeds`` (one of its outputs is read by a node of that op type). ``until``: of the matched nodes,
-    keep only those on the way to (and including) nodes of that op type, e.g. an attention block up to
-    its Sigmoid. ``precisions`` says where the rule applies."""
+class Field:
+    """What one field may hold. ``kind``: string, integer, number, boolean, numbers (``length`` finite
+    numbers), integers (``length`` of them), strings (a non-empty list), table or tables (a list of
+    tables). ``choices`` bounds a string (or each of a list of strings) or a number; ``minimum`` and
+    ``maximum`` an integer or each number; ``step``: an integer must be a multiple of it; ``positive``:
+    numbers above 0; ``why`` is added to a message about the field's value."""
 
-    name: str | None = None
-    op: str | None = None
-    reads_input: bool = False
-    feeds: str | None = None
-    until: str | None = None
-    precisions: tuple[str, ...] = KEEP_PRECISIONS
-    reason: str = ""
-
-    def describe(self) -> str:
-        parts = [f"name {self.name!r}" if self.name else "", f"op {self.op}" if self.op else "",
-                 "reading the input" if self.reads_input else "", f"feeding {self.feeds}" if self.feeds else "",
-                 f"until {self.until}" if self.until else ""]
-        return ", ".join(part for part in parts if part)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {key: (list(value) if isinstance(value, tuple) else value)
-                for key, value in asdict(self).items() if value not in (None, False, "")}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "keep_fp32") -> KeepFp32:
-        _no_unknown(data, {"name", "op", "reads_input", "feeds", "until", "precisions", "reason"}, where)
-        precisions = tuple(_strings(data.get("precisions", list(KEEP_PRECISIONS)), f"{where}.precisions"))
-        rule = cls(
-            name=_opt_str(data, "name", where), op=_opt_str(data, "op", where),
-            reads_input=_bool(data, "reads_input", where), feeds=_opt_str(data, "feeds", where),
-            until=_opt_str(data, "until", where), precisions=precisions,
-            reason=_opt_str(data, "reason", where) or "kept FP32 by the model contract",
-        )
-        if not (rule.name or rule.op or rule.reads_input or rule.feeds):
-            raise UlffnError(f"{where}: a rule needs at least one of name, op, reads_input, feeds", HINT)
-        bad = [p for p in precisions if p not in KEEP_PRECISIONS]
-        if bad or not precisions:
-            raise UlffnError(f"{where}.precisions: {bad or precisions} (use fp16 and/or int8)", HINT)
-        return rule
+    kind: str
+    default: Any = None
+    required: bool = False
+    choices: tuple[Any, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    step: int | None = None
+    positive: bool = False
+    length: int | None = None
+    pattern: re.Pattern[str] | None = None
+    upper: bool = False
+    why: str = ""
 
 
-# ULFFN's rules, as data (docs: ULFFN's CAM statistics and the output softmax stay exact). FP16 keeps the
-# CAM up to its Sigmoid (its x * w + x gating is full resolution and runs in FP16); INT8 keeps the whole
-# CAM, the input unit (the first convolution, on the normalised image) and the head convolution.
-ULFFN_CAM = "CAM: mean/variance statistics and attention weights stay FP32 (docs/model.md)"
-ULFFN_KEEP_FP32: tuple[KeepFp32, ...] = (
-    KeepFp32(name="*/cam/*", until="Sigmoid", precisions=("fp16",), reason=ULFFN_CAM),
-    KeepFp32(name="*/cam/*", precisions=("int8",), reason=ULFFN_CAM),
-    KeepFp32(op="Conv", reads_input=True, precisions=("int8",),
-             reason="input unit: first convolution, on the normalised image"),
-    KeepFp32(op="Conv", feeds="Softmax", precisions=("int8",), reason="head: final 1x1 convolution to the 2 class logits"),
-    KeepFp32(op="Softmax", reason="softmax: the output probabilities"),
-)
+FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+CHANNEL_ORDERS = ("RGB", "BGR")
+OUTPUT_VALUES = ("logits", "probabilities")
+ACTIVATIONS = ("softmax", "sigmoid")
+DEFAULT_MEAN = (0.485, 0.456, 0.406)
+DEFAULT_STD = (0.229, 0.224, 0.225)
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "contract": {
+        "name": Field("string"),
+        "source": Field("table", required=True),
+        "input": Field("table", required=True),
+        "output": Field("table", required=True),
+        "precision": Field("table", default={}),
+    },
+    "source": {
+        "onnx": Field("string", why="an ONNX file, relative to the contract"),
+        "factory": Field("string", pattern=FACTORY_PATTERN, why="is not 'package.module:function'"),
+        "weights": Field("string"),
+        "args": Field("table", default={}),
+        "python_path": Field("string"),
+    },
+    "input": {
+        "size": Field("integer", required=True, minimum=OUTPUT_STRIDE, maximum=MAX_INPUT_SIZE, step=OUTPUT_STRIDE),
+        "channels": Field("string", default="RGB", choices=CHANNEL_ORDERS, upper=True),
+        "mean": Field("numbers", default=DEFAULT_MEAN, length=3, why="(one per channel)"),
+        "std": Field("numbers", default=DEFAULT_STD, length=3, positive=True, why="(one per channel)"),
+        "scale": Field("number", default=1.0, choices=(1.0, 255.0),
+                       why="mean/std refer to pixels in [0, 1] (scale 1) or [0, 255] (scale 255)"),
+        "fit": Field("string", default="full", choices=FIT_MODES),
+        "dynamic": Field("integers", length=2, minimum=OUTPUT_STRIDE, maximum=MAX_INPUT_SIZE, step=OUTPUT_STRIDE,
+                         why="[min, max] height/width"),
+    },
+    "output": {
+        "values": Field("string", default="logits", choices=OUTPUT_VALUES),
+        "activation": Field("string", default="softmax", choices=ACTIVATIONS),
+        "classes": Field("integer", minimum=2, why="softmax needs at least 2 classes (one channel: activation = 'sigmoid')"),
+        "lesion_class": Field("integer", minimum=0),
+    },
+    "precision": {
+        "keep_fp32": Field("tables", default=[]),
+    },
+    "keep_fp32": {
+        "name": Field("string"),
+        "op": Field("string"),
+        "reads_input": Field("boolean", default=False),
+        "feeds": Field("string"),
+        "until": Field("string"),
+        "precisions": Field("strings", default=KEEP_PRECISIONS, choices=KEEP_PRECISIONS, why="use fp16 and/or int8"),
+        "reason": Field("string", default="kept FP32 by the model contract"),
+    },
+}
 
 
-def _consumers(graph: Any) -> dict[str, list[Any]]:
-    readers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
+def read_table(data: Any, table: str, where: str) -> dict[str, Any]:
+    """``data`` checked against ``SCHEMA[table]``: every field's value (its default when absent)."""
+    fields = SCHEMA[table]
+    if not isinstance(data, Mapping):
+        raise UlffnError(f"{where} must be a table, got {type(data).__name__}", HINT)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UlffnError(f"{where}: unknown field {unknown[0]!r}", f"known fields: {', '.join(sorted(fields))}")
+    return {key: _value(data.get(key), spec, f"{where}.{key}") for key, spec in fields.items()}
 
 
-def _matches(rule: KeepFp32, node: Any, inputs: set[str], readers: Mapping[str, list[Any]]) -> bool:
-    if rule.name and not fnmatch.fnmatchcase(node.name.lower(), rule.name.lower()):
-        return False
-    if rule.op and node.op_type != rule.op:
-        return False
-    if rule.reads_input and not inputs.intersection(node.input):
-        return False
-    return not rule.feeds or any(r.op_type == rule.feeds for out in node.output for r in readers.get(out, []))
+def _value(value: Any, spec: Field, where: str) -> Any:
+    if value is None:
+        if spec.required:
+            raise UlffnError(f"[{where}] is missing" if spec.kind == "table" else f"{where} is missing", HINT)
+        return spec.default
+    reader = _READERS[spec.kind]
+    return reader(value, spec, where)
 
 
-def _up_to(graph: Any, members: list[Any], until: str) -> list[Any]:
-    """Of ``members``, the nodes of op ``until`` and their ancestors among ``members`` (all when there is none)."""
-    roots = [node for node in members if node.op_type == until]
-    if not roots:
-        return members
-    allowed = {node.name for node in members}
-    made_by = {out: node for node in graph.node for out in node.output}
-    seen: dict[str, Any] = {}
-    stack = list(roots)
-    while stack:
-        node = stack.pop()
-        if node.name in seen or node.name not in allowed:
-            continue
-        seen[node.name] = node
-        stack.extend(made_by[i] for i in node.input if i in made_by)
-    return list(seen.values())
+def _string(value: Any, spec: Field, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise UlffnError(f"{where} must be a non-empty string, got {value!r}")
+    value = value.upper() if spec.upper else value
+    if spec.choices and value not in spec.choices:
+        raise UlffnError(f"{where} {value!r} is not one of {', '.join(spec.choices)}")
+    if spec.pattern and not spec.pattern.match(value):
+        raise UlffnError(f"{where} {value!r} {spec.why}", HINT)
+    return value
 
 
-def rule_nodes(graph: Any, rule: KeepFp32) -> list[str]:
-    """Names of the nodes of ``graph`` that ``rule`` keeps in FP32."""
-    initializers = {init.name for init in graph.initializer}
-    inputs = {value.name for value in graph.input if value.name not in initializers}
-    readers = _consumers(graph)
-    members = [node for node in graph.node if node.name and _matches(rule, node, inputs, readers)]
-    if rule.until:
-        members = _up_to(graph, members, rule.until)
-    return sorted(node.name for node in members)
+def _integer(value: Any, spec: Field, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UlffnError(f"{where} must be an integer, got {value!r}")
+    if spec.step and (value % spec.step or (spec.minimum is not None and value < spec.minimum)):
+        raise UlffnError(f"{where} {value} is not a positive multiple of {spec.step}",
+                         f"use {max(spec.step, value - value % spec.step)}")
+    if spec.minimum is not None and value < spec.minimum:
+        raise UlffnError(f"{where} {value} is below {spec.minimum:g}" + (f": {spec.why}" if spec.why else ""))
+    if spec.maximum is not None and value > spec.maximum:
+        raise UlffnError(f"{where} {value} is above {spec.maximum:g}, the largest the toolkit allocates for")
+    return value
 
 
-def keep_fp32_nodes(graph: Any, rules: Iterable[KeepFp32], precision: str) -> dict[str, str]:
-    """{node name: reason} for every node the rules that apply to ``precision`` keep in FP32 (first rule wins)."""
-    kept: dict[str, str] = {}
-    for rule in rules:
-        if precision in rule.precisions:
-            for name in rule_nodes(graph, rule):
-                kept.setdefault(name, rule.reason)
-    return kept
+def _number(value: Any, spec: Field, where: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise UlffnError(f"{where} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise UlffnError(f"{where} is {value}, not a finite number")
+    if spec.positive and value <= 0:
+        raise UlffnError(f"{where} {value:g} must be positive")
+    if spec.choices and float(value) not in spec.choices:
+        raise UlffnError(f"{where} {value:g}: {spec.why}")
+    return float(value)
 
 
-def rules_to_json(rules: Sequence[KeepFp32]) -> list[dict[str, Any]]:
-    return [rule.to_dict() for rule in rules]
+def _boolean(value: Any, spec: Field, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise UlffnError(f"{where} must be true or false, got {value!r}")
+    return value
 
 
-def rules_from_json(data: Any, where: str = "keep_fp32") -> tuple[KeepFp32, ...]:
-    if not isinstance(data, list):
-        raise UlffnError(f"{where}: expected a list of rules, got {type(data).__name__}", HINT)
-    return tuple(KeepFp32.from_dict(_table(item, f"{where}[{i}]"), f"{where}[{i}]") for i, item in enumerate(data))
+def _list(value: Any, spec: Field, where: str) -> list[Any]:
+    if not isinstance(value, list) or (spec.length is not None and len(value) != spec.length):
+        count = f"{spec.length} " if spec.length else "a list of "
+        raise UlffnError(f"{where} must be {count}{spec.kind} {spec.why}, got {value!r}".replace("  ", " ").rstrip())
+    return value
+
+
+def _numbers(value: Any, spec: Field, where: str) -> tuple[float, ...]:
+    numbers = _list(value, spec, where)
+    return tuple(_number(item, spec, where) for item in numbers)
+
+
+def _integers(value: Any, spec: Field, where: str) -> tuple[int, ...]:
+    if value is False:
+        return spec.default
+    return tuple(_integer(item, spec, where) for item in _list(value, spec, where))
+
+
+def _strings(value: Any, spec: Field, where: str) -> tuple[str, ...]:
+    items = _list(value, spec, where)
+    if not items:
+        raise UlffnError(f"{where} is empty: {spec.why}")
+    bad = [item for item in items if not isinstance(item, str) or (spec.choices and item not in spec.choices)]
+    if bad:
+        raise UlffnError(f"{where}: {bad} ({spec.why})" if spec.why else f"{where} must be a list of strings, got {value!r}")
+    return tuple(items)
+
+
+def _table(value: Any, spec: Field, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise UlffnError(f"{where} must be a table, got {type(value).__name__}", HINT)
+    return value
+
+
+def _tables(value: Any, spec: Field, where: str) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list):
+        raise UlffnError(f"{where}: expected a list of rules, got {type(value).__name__}", HINT)
+    return [_table(item, spec, f"{where}[{index}]") for index, item in enumerate(value)]
+
+
+_READERS = {"string": _string, "integer": _integer, "number": _number, "boolean": _boolean, "numbers": _numbers,
+            "integers": _integers, "strings": _strings, "table": _table, "tables": _tables}
 
 
 # -- the contract ---------------------------------------------------------------------------------------
@@ -182,13 +239,18 @@ class Source:
         """The file whose sha256 identifies the model: the ONNX file or the weights."""
         return self.onnx if self.onnx is not None else Path(str(self.weights))
 
+    @property
+    def runs_code(self) -> bool:
+        """A factory source imports and calls Python code named by the contract; an ONNX source runs none."""
+        return self.factory is not None
+
 
 @dataclass(frozen=True)
 class InputSpec:
     size: int
     channels: str = "RGB"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # in the model's channel order
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = DEFAULT_MEAN  # in the model's channel order
+    std: tuple[float, float, float] = DEFAULT_STD
     scale: float = 1.0  # mean/std refer to pixel values in [0, scale]
     fit: str = "full"
     dynamic: tuple[int, int] | None = None  # min and max height/width the graph accepts
@@ -254,148 +316,69 @@ def load_contract(path: str | os.PathLike[str]) -> ModelContract:
 
 def parse_contract(data: Mapping[str, Any], base: Path, path: Path | None = None) -> ModelContract:
     """A contract from its TOML tables; relative paths are taken from ``base``."""
-    _no_unknown(data, {"name", "source", "input", "output", "precision"}, "contract")
-    name = _opt_str(data, "name", "contract") or (path.stem if path else "model")
-    precision = _table(data.get("precision", {}), "precision")
-    _no_unknown(precision, {"keep_fp32"}, "precision")
-    keep = rules_from_json(precision.get("keep_fp32", []), "precision.keep_fp32")
-    return ModelContract(name, _source(_table(data.get("source"), "source"), base),
-                         _input(_table(data.get("input"), "input")), _output(_table(data.get("output"), "output")),
-                         keep, path.resolve() if path else None)
+    top = read_table(data, "contract", "contract")
+    precision = read_table(top["precision"], "precision", "precision")
+    keep = rules_from_json(precision["keep_fp32"], "precision.keep_fp32")
+    return ModelContract(top["name"] or (path.stem if path else "model"), _source(top["source"], base),
+                         _input(top["input"]), _output(top["output"]), keep, path.resolve() if path else None)
+
+
+def rules_from_json(data: Any, where: str = "keep_fp32") -> tuple[KeepFp32, ...]:
+    """FP32-keep rules from a contract's ``precision.keep_fp32`` or the ``ulffn.keep_fp32`` metadata."""
+    rules = _tables(data, SCHEMA["precision"]["keep_fp32"], where)
+    return tuple(_keep_rule(rule, f"{where}[{index}]") for index, rule in enumerate(rules))
+
+
+def _keep_rule(data: Mapping[str, Any], where: str) -> KeepFp32:
+    rule = KeepFp32(**read_table(data, "keep_fp32", where))
+    if not (rule.name or rule.op or rule.reads_input or rule.feeds):
+        raise UlffnError(f"{where}: a rule needs at least one of name, op, reads_input, feeds", HINT)
+    return rule
 
 
 def _source(data: Mapping[str, Any], base: Path) -> Source:
-    _no_unknown(data, {"onnx", "factory", "weights", "args", "python_path"}, "source")
-    onnx, factory, weights = (_opt_str(data, key, "source") for key in ("onnx", "factory", "weights"))
+    fields = read_table(data, "source", "source")
+    onnx, factory, weights = fields["onnx"], fields["factory"], fields["weights"]
     if bool(onnx) == bool(factory):
         raise UlffnError("source: give either onnx = FILE or factory = 'package.module:function' with weights", HINT)
     if onnx:
         if "weights" in data or "args" in data:
             raise UlffnError("source: weights and args belong to a PyTorch factory, not to an ONNX source", HINT)
-        return Source(onnx=_existing(base / onnx, "source.onnx"))
-    if not FACTORY_PATTERN.match(factory or ""):
-        raise UlffnError(f"source.factory {factory!r} is not 'package.module:function'", HINT)
+        return Source(onnx=_existing(base, onnx, "source.onnx"))
     if not weights:
         raise UlffnError("source.weights: missing (a state_dict file, loaded with torch.load(weights_only=True))", HINT)
-    folder = _opt_str(data, "python_path", "source")
-    return Source(factory=factory, weights=_existing(base / weights, "source.weights"),
-                  args=dict(_table(data.get("args", {}), "source.args")),
+    folder = fields["python_path"]
+    return Source(factory=factory, weights=_existing(base, weights, "source.weights"), args=dict(fields["args"]),
                   python_path=(base / folder).resolve() if folder else None)
 
 
 def _input(data: Mapping[str, Any]) -> InputSpec:
-    _no_unknown(data, {"size", "channels", "mean", "std", "scale", "fit", "dynamic"}, "input")
-    size = _int(data, "size", "input", required=True)
-    if size <= 0 or size % OUTPUT_STRIDE:
-        raise UlffnError(f"input.size {size} is not a positive multiple of {OUTPUT_STRIDE}",
-                         f"use {max(OUTPUT_STRIDE, size - size % OUTPUT_STRIDE)}")
-    channels = str(data.get("channels", "RGB")).upper()
-    _choice(channels, CHANNEL_ORDERS, "input.channels")
-    scale = _number(data.get("scale", 1.0), "input.scale")
-    if scale not in (1.0, 255.0):
-        raise UlffnError(f"input.scale {scale:g}: mean/std refer to pixels in [0, 1] (scale 1) or [0, 255] (scale 255)")
-    mean, std = (_triple(data.get(key, default), f"input.{key}")
-                 for key, default in (("mean", InputSpec.mean), ("std", InputSpec.std)))
-    if min(std) <= 0:
-        raise UlffnError(f"input.std {list(std)} must be positive")
-    fit = str(data.get("fit", "full"))
-    _choice(fit, FIT_MODES, "input.fit")
-    return InputSpec(size, channels, mean, std, scale, fit, _dynamic(data.get("dynamic"), size))
-
-
-def _dynamic(value: Any, size: int) -> tuple[int, int] | None:
-    if value is None or value is False:
-        return None
-    if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, int) for v in value):
-        raise UlffnError(f"input.dynamic {value!r}: give [min, max] height/width, e.g. [{size // 2}, {size * 2}]")
-    low, high = value
-    if not OUTPUT_STRIDE <= low <= size <= high or low % OUTPUT_STRIDE or high % OUTPUT_STRIDE:
-        raise UlffnError(f"input.dynamic {value}: need min <= size ({size}) <= max, multiples of {OUTPUT_STRIDE}")
-    return low, high
+    fields = read_table(data, "input", "input")
+    size, dynamic = fields["size"], fields["dynamic"]
+    if dynamic and not dynamic[0] <= size <= dynamic[1]:
+        raise UlffnError(f"input.dynamic {list(dynamic)}: need min <= size ({size}) <= max")
+    return InputSpec(size, fields["channels"], fields["mean"], fields["std"], fields["scale"], fields["fit"], dynamic)
 
 
 def _output(data: Mapping[str, Any]) -> OutputSpec:
-    _no_unknown(data, {"values", "activation", "classes", "lesion_class"}, "output")
-    values = str(data.get("values", "logits"))
-    _choice(values, OUTPUT_VALUES, "output.values")
-    activation = str(data.get("activation", "softmax"))
-    _choice(activation, ACTIVATIONS, "output.activation")
+    fields = read_table(data, "output", "output")
+    values, activation, classes, lesion = (fields[key] for key in ("values", "activation", "classes", "lesion_class"))
     if activation == "sigmoid":
-        if any(key in data for key in ("classes", "lesion_class")):
+        if classes is not None or lesion is not None:
             raise UlffnError("output: a sigmoid output is one lesion channel; classes and lesion_class are for softmax")
         return OutputSpec(values, activation, 1, 0)
-    classes = _int(data, "classes", "output", required=True)
-    lesion = _int(data, "lesion_class", "output", required=True)
-    if classes < 2:
-        raise UlffnError(f"output.classes {classes}: softmax needs at least 2 classes (one channel: activation = 'sigmoid')")
-    if not 0 <= lesion < classes:
+    for key, value in (("classes", classes), ("lesion_class", lesion)):
+        if value is None:
+            raise UlffnError(f"output.{key} is missing", HINT)
+    if lesion >= classes:
         raise UlffnError(f"output.lesion_class {lesion} is not one of the classes 0..{classes - 1}")
     return OutputSpec(values, activation, classes, lesion)
 
 
-# -- field helpers --------------------------------------------------------------------------------------
-
-def _table(value: Any, where: str) -> Mapping[str, Any]:
-    if value is None:
-        raise UlffnError(f"[{where}] is missing", HINT)
-    if not isinstance(value, Mapping):
-        raise UlffnError(f"{where} must be a table, got {type(value).__name__}", HINT)
-    return value
-
-
-def _no_unknown(data: Mapping[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UlffnError(f"{where}: unknown field {unknown[0]!r}", f"known fields: {', '.join(sorted(known))}")
-
-
-def _opt_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
-    value = data.get(key)
-    if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise UlffnError(f"{where}.{key} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _bool(data: Mapping[str, Any], key: str, where: str) -> bool:
-    value = data.get(key, False)
-    if not isinstance(value, bool):
-        raise UlffnError(f"{where}.{key} must be true or false, got {value!r}")
-    return value
-
-
-def _int(data: Mapping[str, Any], key: str, where: str, required: bool = False) -> int:
-    value = data.get(key)
-    if value is None and required:
-        raise UlffnError(f"{where}.{key} is missing", HINT)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise UlffnError(f"{where}.{key} must be an integer, got {value!r}")
-    return value
-
-
-def _number(value: Any, where: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise UlffnError(f"{where} must be a number, got {value!r}")
-    return float(value)
-
-
-def _triple(value: Any, where: str) -> tuple[float, float, float]:
-    if not isinstance(value, (list, tuple)) or len(value) != 3:
-        raise UlffnError(f"{where} must be 3 numbers (one per channel), got {value!r}")
-    return tuple(_number(v, where) for v in value)  # type: ignore[return-value]
-
-
-def _strings(value: Any, where: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise UlffnError(f"{where} must be a list of strings, got {value!r}")
-    return value
-
-
-def _choice(value: str, allowed: Sequence[str], where: str) -> None:
-    if value not in allowed:
-        raise UlffnError(f"{where} {value!r} is not one of {', '.join(allowed)}")
-
-
-def _existing(path: Path, where: str) -> Path:
+def _existing(base: Path, given: str, where: str) -> Path:
+    path = (base / given).resolve()
+    if path.is_dir():
+        raise UlffnError(f"{where} {given!r} is a folder ({path}), not a file", HINT)
     if not path.is_file():
-        raise UlffnError(f"{where}: {path.name} not found next to the contract ({path.parent})")
-    return path.resolve()
+        raise UlffnError(f"{where}: {given} not found next to the contract ({path.parent})")
+    return path

@@ -28,12 +28,11 @@ from PIL import Image
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import check_writable_folder, output_errors, write_text_atomic
 from ulffn_deploy.imageio import IMAGE_SUFFIXES, image_files, read_rgb_reduced, write_mask
-from ulffn_deploy.overlay import OverlayStyle, outline, write_overlay
+from ulffn_deploy.overlay import OverlayStyle, write_overlay
 
 CSV_NAME = "predictions.csv"
 CSV_COLUMNS = ("file", "mask", "height", "width", "lesion_pixels", "lesion_fraction", "mean_lesion_probability")
 NETWORK_MAX_SIDE = 2048  # larger images are decoded reduced: the network input is at most 2048 px (512 in the paper)
-OUTLINE_RGB = (0, 255, 0)
 
 
 @dataclass
@@ -96,13 +95,6 @@ def _unique_keys(keyed: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
         seen.add(candidate.as_posix().casefold())
         unique.append((path, candidate))
     return unique
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = OUTLINE_RGB) -> np.ndarray:
-    """The image with the lesion's outline drawn in ``color``."""
-    drawn = image.copy()
-    drawn[outline(mask)] = color
-    return drawn
 
 
 def image_row(name: str, probability: np.ndarray, mask: np.ndarray, mask_name: str = "") -> dict[str, Any]:

@@ -19,7 +19,10 @@ from ulffn_deploy.deps import require
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="ISIC 2016 folder (test split) or image folder for the parity check "
                    "[default: synthetic dermoscopy images].")
-def command(contract: Path, out_dir: Path, images: int, data: Path | None) -> None:
+@click.option("--trust-code", is_flag=True, default=False,
+              help="Allow a contract with source.factory to import and run its Python code (it runs with your "
+                   "permissions; an ONNX source never runs code).")
+def command(contract: Path, out_dir: Path, images: int, data: Path | None, trust_code: bool) -> None:
     """Import the segmentation model a CONTRACT (TOML) describes: an ONNX file, or a PyTorch factory and
     weights, with its input (size, channel order, mean/std, fit) and output (logits or probabilities,
     softmax over C classes or one sigmoid channel, the lesion class).
@@ -30,12 +33,15 @@ def command(contract: Path, out_dir: Path, images: int, data: Path | None) -> No
     probability error, the tolerances `verify` uses); each file is written when its own checks pass (exit
     status 1 when one fails). calibrate, build-engine, verify, benchmark, predict and serve then work on
     them unchanged. See the README section 'Your own model' for a complete contract.
+
+    A contract with a PyTorch factory is code, like a Python script: import-model says which module it would
+    import and call, and runs it only with --trust-code.
     """
     for module in ("onnx", "onnxconverter_common", "onnxslim"):
         require(module)
     from ulffn_deploy.export.import_model import import_model
 
-    result = import_model(contract, out_dir, images=images, data=data, log=click.echo)
+    result = import_model(contract, out_dir, images=images, data=data, trust_code=trust_code, log=click.echo)
     for precision, path in result.paths.items():
         size_mb = path.stat().st_size / 1e6
         click.echo(f"wrote {path} ({size_mb:.1f} MB; {result.summaries[precision]})")

@@ -274,6 +274,9 @@ def load_onnx(path: str | os.PathLike[str], hint: str | None = None) -> onnx.Mod
         raise UlffnError(f"{path}: no such ONNX file", "run 'ulffn-deploy export' first or check the path")
     try:
         model = onnx.load(str(path))
+    except onnx.checker.ValidationError as exc:  # external data that is missing or outside the model's folder
+        raise UlffnError(f"{path}: its external data is missing or outside its folder ({' '.join(str(exc).split())[:300]})",
+                         "keep the model's .data file(s) beside it, under the name the model records") from exc
     except (DecodeError, OSError, ValueError, RuntimeError) as exc:
         raise UlffnError(f"{path}: not an ONNX model, or unreadable ({type(exc).__name__})", hint) from exc
     if model.ir_version == 0 or not model.graph.node or not model.opset_import:
@@ -298,7 +301,7 @@ def get_metadata(model: onnx.ModelProto, source: str | os.PathLike[str] = "model
 
 def read_metadata(path: str | os.PathLike[str]) -> ArtifactMetadata:
     """The metadata of an ONNX file, read through ONNX Runtime (the onnx package is not needed)."""
-    from ulffn_deploy.targets.onnx_source import open_onnx, session_metadata
+    from ulffn_deploy.onnx_session import open_onnx, session_metadata
 
     return session_metadata(open_onnx(path), path)
 

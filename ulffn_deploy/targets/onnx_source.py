@@ -1,8 +1,7 @@
 """Generic helpers for an exported ONNX file, for every target that builds from one.
 
-``open_onnx`` is the one place that opens an ONNX file in ONNX Runtime to read it (graph optimisation off,
-CPU provider): ``describe_onnx`` reads its input, output and ``ulffn.*`` metadata from it, and
-``runtime.metadata.read_metadata`` its metadata alone. ``sidecar_common`` gives the sidecar fields every
+``describe_onnx`` reads a source's input, output and ``ulffn.*`` metadata through ``onnx_session.open_onnx``
+(the one place that opens an ONNX file in ONNX Runtime to read it). ``sidecar_common`` gives the sidecar fields every
 built artifact records (README, Adding a backend: the sidecar contract). onnxruntime is imported inside
 the functions that need it.
 """
@@ -21,26 +20,12 @@ from typing import TYPE_CHECKING, Any
 from ulffn_deploy import __version__
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import sha256_file
+from ulffn_deploy.onnx_session import open_onnx, session_metadata
 from ulffn_deploy.runtime.metadata import SIDECAR_FORMAT, SIDECAR_VERSION, ArtifactMetadata
 
 if TYPE_CHECKING:
-    import onnxruntime as ort
+    pass
 
-MAKE_HINT = "export it with 'ulffn-deploy export' (int8: 'ulffn-deploy calibrate')"
-
-
-def open_onnx(path: str | os.PathLike[str]) -> ort.InferenceSession:
-    """An ONNX Runtime session of ``path`` for reading it (no graph optimisation, CPU); one-line errors."""
-    from ulffn_deploy.targets.onnxruntime import create_session
-
-    if not os.path.isfile(path):
-        raise UlffnError(f"{path}: no such ONNX file", MAKE_HINT)
-    return create_session(path, ["CPUExecutionProvider"], optimization="disable")
-
-
-def session_metadata(session: ort.InferenceSession, source: str | os.PathLike[str]) -> ArtifactMetadata:
-    """The ``ulffn.*`` metadata of an open ONNX Runtime session."""
-    return ArtifactMetadata.from_mapping(session.get_modelmeta().custom_metadata_map, source)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ graph-optimizations documentation).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,20 +16,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.onnx_session import OPTIMIZATION_LEVELS, create_session, session_metadata
 from ulffn_deploy.runtime.base import Segmenter, check_declared_input
 from ulffn_deploy.runtime.metadata import ArtifactMetadata, read_sidecar, sidecar_path
 from ulffn_deploy.targets.registry import BuildOption, Target
 
 if TYPE_CHECKING:  # onnxruntime is imported where used: listing targets, or loading an engine, never needs it
-    import onnxruntime as ort
+    pass
 
 DEVICES = ("cpu", "cuda")
-OPTIMIZATION_LEVELS = {  # name -> ort.GraphOptimizationLevel member
-    "disable": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -46,31 +40,6 @@ def providers_for(device: str) -> list[str]:
         raise UlffnError("this onnxruntime has no CUDA execution provider",
                          "pip install onnxruntime-gpu, or use device='cpu'")
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-
-def graph_optimization_level(name: str) -> ort.GraphOptimizationLevel:
-    """ONNX Runtime's level for one of ``OPTIMIZATION_LEVELS``."""
-    import onnxruntime as ort
-
-    return getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[name])
-
-
-def create_session(model: str | os.PathLike[str] | bytes, providers: list[str] | None = None, optimization: str = "all",
-                   threads: int | None = None) -> ort.InferenceSession:
-    """An InferenceSession (CPU unless ``providers`` say otherwise) with UlffnErrors for unreadable models."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = graph_optimization_level(optimization)
-    options.log_severity_level = 3  # errors only: ORT's optimizer notes are not for users
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    source = model if isinstance(model, bytes) else os.fspath(model)
-    name = "the in-memory model" if isinstance(model, bytes) else os.fspath(model)
-    try:
-        return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
-    except Exception as exc:  # ONNX Runtime raises its own exception types for unreadable models
-        raise UlffnError(f"{name}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:300]})") from exc
 
 
 class OrtSegmenter(Segmenter):
@@ -89,7 +58,6 @@ class OrtSegmenter(Segmenter):
         if optimization not in OPTIMIZATION_LEVELS:
             raise UlffnError(f"unknown graph optimisation {optimization!r}", f"use one of {', '.join(OPTIMIZATION_LEVELS)}")
         self.session = create_session(path, providers, optimization, threads)
-        from ulffn_deploy.targets.onnx_source import session_metadata
 
         super().__init__(path, session_metadata(self.session, path), fit_mode)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

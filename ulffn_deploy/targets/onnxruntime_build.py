@@ -21,9 +21,9 @@ from typing import Any
 from ulffn_deploy.devices import cpu_name
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import atomic_path, write_json_atomic
+from ulffn_deploy.onnx_session import graph_optimization_level
 from ulffn_deploy.runtime.metadata import sidecar_path
 from ulffn_deploy.targets.onnx_source import OnnxSource, describe_onnx, files_record, sidecar_common
-from ulffn_deploy.targets.onnxruntime import graph_optimization_level
 
 # OnnxSource, describe_onnx and sidecar_common live in targets/onnx_source.py; re-exported here for target
 # modules written against their earlier place
@@ -52,6 +52,9 @@ def build_ort_model(onnx_path: str | os.PathLike[str], output: str | os.PathLike
         options.graph_optimization_level = graph_optimization_level(optimization)
         options.optimized_model_filepath = os.fspath(tmp)
         options.add_session_config_entry("session.save_model_format", "ONNX")  # the temp name has no .onnx suffix
+        # every initializer inline, so the artifact never refers to a source's external .data file
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", tmp.name + ".data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", str(2**62))
         reference = ort.InferenceSession(os.fspath(source.path), options, providers=["CPUExecutionProvider"])
         check = _check_saved(tmp, reference, source)
     seconds = time.perf_counter() - start
@@ -71,8 +74,8 @@ def build_ort_model(onnx_path: str | os.PathLike[str], output: str | os.PathLike
 def _check_saved(saved: Path, reference: Any, source: OnnxSource) -> dict[str, Any]:
     """The saved model against the online-optimised source session, through the harness (``check_build``);
     UlffnError if they disagree."""
+    from ulffn_deploy.onnx_session import create_session
     from ulffn_deploy.targets.onnx_source import check_build
-    from ulffn_deploy.targets.onnxruntime import create_session
 
     session = create_session(saved, ["CPUExecutionProvider"], optimization="disable")
 
