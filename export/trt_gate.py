@@ -217,8 +217,7 @@ def _refuse(result: GateResult, what: str) -> GateResult:
     if result.ok:
         return result
     more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
-    parser = "TensorRT" if result.fallback_reason is None else "TensorRT's parser, by the built-in op table,"
-    raise UlffnError(f"{what} would not build in {parser}: {result.problems[0]}{more} [{result.describe()}]",
+    raise UlffnError(f"{what} cannot be deployed: {result.problems[0]}{more}; {result.describe()}",
                      "'ulffn-deploy lint-onnx' lists every problem")
 
 
