@@ -74,8 +74,7 @@ def tensorrt_builder_module() -> tuple[ModuleType, str] | None:
 
 
 def no_tensorrt_reason() -> str:
-    names = " or ".join(module for module, _ in PACKAGES)
-    return f"no TensorRT package installed: neither {names} imports"
+    return f"no TensorRT package installed: neither {' nor '.join(module for module, _ in PACKAGES)} imports"
 
 
 class _Logger:
