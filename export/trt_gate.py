@@ -45,6 +45,7 @@ class GateResult:
     engine_bytes: int = 0
     seconds: float = 0.0  # parse + build
     fallback_reason: str | None = None  # why the op table checked instead of TensorRT
+    parse_only: bool = False  # asked to parse, not to build
 
     @property
     def ok(self) -> bool:
@@ -54,11 +55,11 @@ class GateResult:
         """"checked with TensorRT-RTX 1.7.1's ONNX parser and builder (31 layers, engine 0.2 MB, 0.41 s)"."""
         if self.fallback_reason is not None:
             return f"checked with {self.checker} ({self.fallback_reason}; for NVIDIA's parser: {INSTALL_HINT})"
-        what = "ONNX parser and builder" if self.built or not self.ok else "ONNX parser"
+        what = "ONNX parser" if self.parse_only else "ONNX parser and builder"
         if not self.built:
             return f"checked with {self.checker}'s {what}"
         return (f"checked with {self.checker}'s {what} ({self.layers} layers, engine "
-                f"{self.engine_bytes / 1e6:.1f} MB, {self.seconds:.2f} s)")
+                f"{self.engine_bytes / 1e6:.2f} MB, {self.seconds:.2f} s)")
 
 
 def tensorrt_builder_module() -> tuple[ModuleType, str] | None:
@@ -178,9 +179,9 @@ def inspect_with_tensorrt(model_or_path: ModelOrPath, *, build: bool = True,
     problems = _parser_problems(parser)
     if not parsed or problems:
         reasons = problems or (f"the parser refused the model: {'; '.join(logger.errors) or 'no reason given'}",)
-        return GateResult(checker, reasons, seconds=time.perf_counter() - started)
+        return GateResult(checker, reasons, seconds=time.perf_counter() - started, parse_only=not build)
     if not build:
-        return GateResult(checker, layers=network.num_layers, seconds=time.perf_counter() - started)
+        return GateResult(checker, layers=network.num_layers, seconds=time.perf_counter() - started, parse_only=True)
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     shape_inputs = [tensor.name for tensor in inputs if tensor.is_shape_tensor]
     if shape_inputs:
