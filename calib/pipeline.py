@@ -15,6 +15,7 @@ from typing import Any
 from ulffn_deploy.contract import rules_from_json
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.export.trt_gate import check_onnx
 from ulffn_deploy.fileio import atomic_path, check_writable_file, output_errors, write_json_atomic
 from ulffn_deploy.keep_fp32 import KeepFp32
 from ulffn_deploy.runtime.metadata import ArtifactMetadata, set_metadata
@@ -93,6 +94,7 @@ def calibrate(
         with output_errors(output):
             staged["model"].write_bytes(int8_bytes)
         seconds = time.perf_counter() - started
+        gate = check_onnx(staged["model"], what=f"the INT8 graph {output.name}")
         held_out = held_out_images(data, split, images, num_eval) if num_eval else ImageSet((), (), "--num-eval 0")
         report = {
             "fp32_model": str(source.path), "int8_model": str(output), "opset": _opset(int8),
@@ -100,6 +102,7 @@ def calibrate(
             "calibration": {"method": method, "images": len(images), "source": images.source, "ranges": status,
                             "ranges_file": str(ranges_path(output)), "seconds": round(seconds, 2)},
             "graph": graph_summary(int8, excluded),
+            "tensorrt_check": gate.describe(),
             "accuracy": compare_outputs(source.path, int8_bytes, held_out),
         }
         rows = []
@@ -111,6 +114,7 @@ def calibrate(
             report["sensitivity"] = rows
         write_json_atomic(staged["report"], report)
     log(format_report(report))
+    log(f"{output.name}: {report['tensorrt_check']}")
     if rows:
         log(format_sensitivity(rows))
     return report

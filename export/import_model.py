@@ -36,9 +36,9 @@ from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.export.fp16 import SOFTMAX_RULE, convert_to_fp16
 from ulffn_deploy.export.graph import default_opset, slim, untie_initializers
-from ulffn_deploy.export.lint import lint_model
 from ulffn_deploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from ulffn_deploy.export.pipeline import FILE_NAMES, ExportResult, _export_one, prepare_output_dir
+from ulffn_deploy.export.trt_gate import check_onnx
 from ulffn_deploy.fileio import sha256_file
 from ulffn_deploy.harness import format_comparisons, image_source
 from ulffn_deploy.keep_fp32 import rule_nodes, rules_to_json
@@ -211,11 +211,7 @@ def check_fits(model: onnx.ModelProto, contract: ModelContract) -> None:
     except Exception:  # shape inference is best effort here; the parity run is the final check
         inferred = model
     _check_output(list(inferred.graph.output), contract.output, _dims(_real_inputs(model.graph)[0]))
-    issues = lint_model(model)
-    if issues:
-        more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
-        raise UlffnError(f"the model cannot be deployed: node {issues[0]}{more}",
-                         "'ulffn-deploy lint-onnx' lists every problem")
+    check_onnx(model, build=False, input_size=contract.input.size, what="the model")  # parse only: the files built
 
 
 def _check_input(inputs: list[Any], contract: ModelContract) -> None:

@@ -1,7 +1,7 @@
 """Checkpoint -> model.fp32.onnx + model.fp16.onnx, linted for TensorRT and checked against PyTorch.
 
 Both graphs are built in memory. Each precision's file is written to a temporary name beside its target,
-checked there (ONNX checker, TensorRT lint, the harness's comparison with the PyTorch checkpoint in ONNX
+checked there (ONNX checker, TensorRT's parser and builder, the harness's comparison with the PyTorch checkpoint in ONNX
 Runtime on realistic images, gated by that precision's row of ``harness.TOLERANCES``) and renamed only if
 its own checks pass: a failing FP16 never costs the FP32 model (an older file of a failed precision stays
 as it was). ``ExportResult.failed`` names the precisions that were not written, and why.
@@ -20,8 +20,9 @@ from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.export.fp16 import convert_to_fp16
 from ulffn_deploy.export.graph import slim
-from ulffn_deploy.export.lint import lint_model, op_summary
+from ulffn_deploy.export.lint import op_summary
 from ulffn_deploy.export.onnx_export import ExportOptions, WithSoftmax, fp32_scopes, torch_to_onnx
+from ulffn_deploy.export.trt_gate import check_onnx
 from ulffn_deploy.fileio import atomic_path, sha256_file
 from ulffn_deploy.harness import (
     Check,
@@ -61,13 +62,11 @@ def metadata_from_checkpoint(info: Mapping[str, Any], checkpoint: str | os.PathL
     return replace(metadata, toolkit_version=__version__)
 
 
-def lint_or_fail(model: onnx.ModelProto, what: str) -> str:
-    """Lint ``model`` for TensorRT; a UlffnError listing the offending nodes if it is not clean."""
-    issues = lint_model(model)
-    if issues:
-        listed = "; ".join(str(issue) for issue in issues[:5]) + (" ..." if len(issues) > 5 else "")
-        raise UlffnError(f"the {what} graph would not parse in TensorRT: {len(issues)} problems: {listed}")
-    return op_summary(model)
+def lint_or_fail(model: onnx.ModelProto, path: Path, what: str) -> str:
+    """Parse and build the written file ``path`` (of ``model``) with TensorRT (see ``trt_gate``); a one-line
+    UlffnError naming the refused node; else lint's "ok: ..." line and which check ran."""
+    result = check_onnx(path, what=f"the {what} graph")
+    return f"{op_summary(model)}; {result.describe()}"
 
 
 def prepare_output_dir(out_dir: Path) -> None:
@@ -131,14 +130,17 @@ def _export_one(precision: str, graph: onnx.ModelProto, path: Path, reference: S
     from ulffn_deploy.runtime import Segmenter
 
     try:
-        result.summaries[precision] = lint_or_fail(graph, precision)
         onnx.checker.check_model(graph, full_check=True)
-    except (UlffnError, onnx.checker.ValidationError) as exc:
+    except onnx.checker.ValidationError as exc:
         result.failed[precision] = str(exc)
         return
     try:
         with atomic_path(path) as tmp:
             onnx.save(graph, str(tmp))
+            try:
+                result.summaries[precision] = lint_or_fail(graph, tmp, precision)
+            except UlffnError as refused:
+                raise _Rejected(str(refused)) from refused
             with Segmenter.load(tmp, backend="onnxruntime") as candidate:
                 comparison = compare(reference, candidate, source, batch_size=PARITY_BATCH)
             checks = check(comparison, tolerance_for(precision))

@@ -24,6 +24,7 @@ from ulffn_deploy.contract import load_contract, rules_from_json
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.export.import_model import import_model
 from ulffn_deploy.export.lint import lint_model
+from ulffn_deploy.export.trt_gate import inspect_onnx
 from ulffn_deploy.keep_fp32 import ULFFN_KEEP_FP32, keep_fp32_nodes
 from ulffn_deploy.latency import Schedule
 from ulffn_deploy.runtime import Segmenter
@@ -255,8 +256,10 @@ def test_calibrate_build_verify_and_predict(imported, data, tmp_path):
     expected = keep_fp32_nodes(onnx.load(str(out / "model.fp32.onnx")).graph, load_contract_rules(out), "int8")
     assert excluded == set(expected) and excluded
     assert read_metadata(out / "model.int8.onnx").extra["model"] == contract.name
-    for precision in ("fp32", "fp16", "int8"):  # what TensorRT's parser would refuse: nothing (no GPU here)
-        assert [str(issue) for issue in lint_model(out / f"model.{precision}.onnx")] == []
+    for precision in ("fp32", "fp16", "int8"):  # NVIDIA's parser and builder (tensorrt_rtx builds without a GPU)
+        assert [str(issue) for issue in lint_model(out / f"model.{precision}.onnx")] == []  # and the fallback table
+        gate = inspect_onnx(out / f"model.{precision}.onnx")
+        assert gate.ok and (gate.built or gate.fallback_reason is not None), gate.problems
 
     built = [registry.build("onnxruntime", out / f"model.{p}.onnx") for p in ("fp32", "int8")]
     if "openvino" in registry.names() and registry.target_named("openvino").unavailable_reason() is None:
@@ -327,14 +330,17 @@ def test_a_non_image_output_is_refused(tmp_path):
 
 
 def test_custom_domain_and_unsupported_ops_name_the_node(tmp_path):
-    custom = helper.make_node("Gelu", ["scores"], ["out"], name="my_gelu", domain="com.acme")
+    custom = helper.make_node("AcmeGelu", ["scores"], ["out"], name="my_gelu", domain="com.acme")
     output = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])
     model = derm3_graph(outputs=[output], extra_nodes=[custom])
     model.opset_import.append(helper.make_opsetid("com.acme", 1))
-    assert "node my_gelu (Gelu): custom domain 'com.acme'" in _import_error(tmp_path / "custom", model)
+    message = _import_error(tmp_path / "custom", model)  # TensorRT's parser, else the built-in op table
+    assert "node 'my_gelu' (AcmeGelu): " in message
+    assert "Plugin not found" in message or "custom domain 'com.acme'" in message
     refused = helper.make_node("Det", ["scores"], ["out"], name="determinant")
     message = _import_error(tmp_path / "det", derm3_graph(outputs=[output], extra_nodes=[refused]))
-    assert "node determinant (Det): not supported by TensorRT's ONNX parser" in message
+    assert "node 'determinant' (Det): " in message
+    assert "UNSUPPORTED_NODE (checkDet)" in message or "not supported by TensorRT's ONNX parser" in message
 
 
 def test_batch_one_only_and_low_resolution_outputs_are_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""``ulffn-deploy lint-onnx``: would TensorRT's ONNX parser take this graph? Checked without TensorRT."""
+"""``ulffn-deploy lint-onnx``: does TensorRT's ONNX parser take this graph, and does its builder build it?"""
 
 from __future__ import annotations
 
@@ -13,22 +13,27 @@ from ulffn_deploy.deps import require
 @click.command(name="lint-onnx")
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
 def command(model: Path) -> None:
-    """Check every node of MODEL (.onnx) against the operators and restrictions of TensorRT's ONNX parser.
+    """Parse MODEL (.onnx) with NVIDIA's ONNX parser and build it with NVIDIA's builder.
 
-    Flags custom-domain and unsupported operators, ReduceMean/Slice/Pad axes computed at run time, Conv
-    weights that are not constants, Q/DQ zero points that are not INT8 zeros, unsupported Resize modes.
-    Prints "ok: ..." when clean; otherwise lists the offending nodes on stderr and exits with status 1.
+    Uses the full TensorRT where it imports, else TensorRT for RTX (pip install tensorrt-rtx-cu12, which
+    builds without a GPU): a strongly typed network, dynamic batch 1..8, dynamic H/W at the file's input size.
+    Where neither package imports, the built-in table of the parser's operators and restrictions checks
+    instead, and the output says so. Prints "ok: ..." and the checker when the graph builds; otherwise lists
+    the refused nodes with the parser's (or the builder's) reasons on stderr and exits with status 1.
     """
     require("onnx")
-    from ulffn_deploy.export.lint import lint_model, op_summary
+    from ulffn_deploy.export.lint import op_summary
+    from ulffn_deploy.export.trt_gate import inspect_onnx
     from ulffn_deploy.runtime.metadata import load_onnx
 
     graph = load_onnx(model)
-    issues = lint_model(graph)
-    if issues:
-        click.echo(f"{model}: {len(issues)} problem{'s' if len(issues) > 1 else ''} for TensorRT's ONNX parser "
-                   f"in {len(graph.graph.node)} nodes", err=True)
-        for issue in issues:
-            click.echo(f"  {issue}", err=True)
+    result = inspect_onnx(model)
+    if result.problems:
+        count = len(result.problems)
+        click.echo(f"{model}: {count} problem{'s' if count > 1 else ''} in {len(graph.graph.node)} nodes, "
+                   f"{result.describe()}", err=True)
+        for problem in result.problems:
+            click.echo(f"  {problem}", err=True)
         sys.exit(1)
     click.echo(op_summary(graph))
+    click.echo(result.describe())
