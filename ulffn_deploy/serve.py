@@ -167,12 +167,15 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
-        if width * height > max_pixels:
-            raise UlffnError(f"an image of {width}x{height} pixels is over the server's limit of {max_pixels} pixels")
-        return read_rgb(io.BytesIO(data))  # type: ignore[arg-type]  # Pillow opens file objects too
-    except UlffnError:
-        raise
     except Exception as exc:  # a hostile or broken image: whatever Pillow raises means "not readable"
+        raise UlffnError(f"not a readable image ({_one_line(exc)})") from None
+    if width * height > max_pixels:
+        raise UlffnError(f"an image of {width}x{height} pixels is over the server's limit of {max_pixels} pixels")
+    try:
+        return read_rgb(io.BytesIO(data))  # type: ignore[arg-type]  # Pillow opens file objects too
+    except UlffnError as exc:  # read_rgb names the file it was given: here a BytesIO object
+        raise UlffnError(" ".join(_OBJECT_REPR.sub("", exc.message).split()).lstrip(": ")[:400]) from None
+    except Exception as exc:
         raise UlffnError(f"not a readable image ({_one_line(exc)})") from None
 
 
