@@ -549,8 +549,8 @@ def test_sigterm_under_load_drains_and_leaves_nothing(server: Server, local) -> 
             for _ in range(100):
                 try:
                     (mask,) = client.segment_encoded([encoded])
-                except UlffnError as exc:
-                    refused.append(str(exc))
+                except Exception as exc:  # a connection cut mid-request must show here too, not end the thread
+                    refused.append(f"{type(exc).__name__}: {exc}")
                     if signalled.is_set():
                         return
                     continue
@@ -574,8 +574,8 @@ def test_sigterm_under_load_drains_and_leaves_nothing(server: Server, local) -> 
     assert seconds < 10, f"took {seconds:.1f} s to stop:\n{server.tail()}"
     assert len(refused) <= 4 and not wrong, (refused, wrong)  # only each client's first request after the signal fails
     assert all("unknown model" in message for message in refused), refused  # refused at the door, none cut off
-    for crash in ("Signal (11)", "Segmentation fault", "system_error", "core dumped"):
-        assert crash not in log, server.tail()
+    for unclean in ("Signal (11)", "Segmentation fault", "system_error", "core dumped", "Exit timeout expired"):
+        assert unclean not in log, server.tail()  # Triton's own words for a crash or for giving up on a drain
     assert not _still_running(children), "processes of the server are left"
     assert not [path for path in shared_memory if Path(path).exists()], "shared memory is left"
 

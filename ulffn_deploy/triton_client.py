@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from http.client import HTTPException
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,7 +97,7 @@ class TritonClient:
             return function(*args, **kwargs)
         except self.exceptions.InferenceServerException as exc:
             raise UlffnError(f"{self.url}: {what} failed: {server_message(str(exc.message()))}") from exc
-        except (OSError, ConnectionError) as exc:
+        except (OSError, HTTPException) as exc:  # HTTPException: geventhttpclient's "connection closed"
             raise UlffnError(f"{self.url}: {what} failed: {exc}", "is 'ulffn-deploy serve' running there?") from exc
 
     def is_ready(self, model: str | None = None) -> bool:
