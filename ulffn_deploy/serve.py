@@ -212,14 +212,14 @@ class ServedModels:
         try:
             return self._images(requests)
         except UlffnError as exc:
-            raise RequestError(exc.message) from None
+            raise RequestError(str(exc)) from None
 
     def tensors(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """One request: N x 3 x S x S float32 -> N x 2 x S x S float32 probabilities; requests run as one batch."""
         try:
             return self._tensors(requests)
         except UlffnError as exc:
-            raise RequestError(exc.message) from None
+            raise RequestError(str(exc)) from None
 
     def _images(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         per_request = [self._decode_request(request) for request in requests]

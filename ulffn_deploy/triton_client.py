@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import re
 import time
-from http.client import HTTPException
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from http.client import HTTPException
 from typing import Any
 
 import numpy as np
