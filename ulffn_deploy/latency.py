@@ -120,12 +120,13 @@ def _warm_up(step: Step, schedule: Schedule, clock: Callable[[], float]) -> tupl
 
 
 def measure(step: Step, batch_size: int, schedule: Schedule = Schedule(),
-            clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+            clock: Callable[[], float] = time.perf_counter, keep_samples: bool = False) -> dict[str, Any]:
     """Warm up, then call ``step`` until the schedule is met; statistics of every timed series.
 
     ``step`` runs one inference; it may return that call's device timings in ms (keys of
     ``DEVICE_SERIES``). The result: batch size, warm-up and measured counts, total wall time,
-    throughput in images/s and ``{series: summarize(...)}`` under ``"series"`` (``host`` always).
+    throughput in images/s and ``{series: summarize(...)}`` under ``"series"`` (``host`` always); with
+    ``keep_samples``, the host timings themselves under ``"host_samples_ms"`` (to pool several callers').
     """
     if batch_size < 1:
         raise UlffnError(f"batch size {batch_size} is not positive")
@@ -143,7 +144,7 @@ def measure(step: Step, batch_size: int, schedule: Schedule = Schedule(),
     walltime = clock() - start
     series = {"host": summarize(host)}
     series.update({name: summarize(values) for name, values in device.items() if len(values) == len(host)})
-    return {
+    result = {
         "batch_size": batch_size,
         "warmup_iterations": warmup_count,
         "warmup_ms": warmup_ms,
@@ -152,6 +153,9 @@ def measure(step: Step, batch_size: int, schedule: Schedule = Schedule(),
         "throughput": batch_size * len(host) / walltime if walltime > 0 else math.inf,
         "series": series,
     }
+    if keep_samples:
+        result["host_samples_ms"] = host
+    return result
 
 
 def format_latency_table(result: Mapping[str, Any]) -> str:

@@ -1,7 +1,7 @@
-"""Serve an artifact with NVIDIA Triton Inference Server (through PyTriton), and talk to such a server.
+"""Serve an artifact with NVIDIA Triton Inference Server (through PyTriton): ``ulffn-deploy serve``.
 
-``ulffn-deploy serve ARTIFACT`` binds two models into one Triton server (docs: Triton's model configuration
-and PyTriton's binding guide):
+``serve`` binds two models into one Triton server (docs: Triton's model configuration and PyTriton's
+binding guide):
 
 - ``ulffn`` takes encoded images (JPEG/PNG bytes, input ``image``, TYPE_STRING, one per batch item) and
   returns ``mask`` (TYPE_BOOL, H x W at the image's original size), pre- and post-processed exactly as
@@ -12,8 +12,13 @@ and PyTriton's binding guide):
 Both use Triton's dynamic batching. Each model's configuration carries ``ulffn.*`` parameters (artifact,
 backend, precision, sha256, toolkit version, normalisation, input size, fit mode): PyTriton 0.7 has no
 public way to set Triton's model metadata, so they are config parameters, read with
-``GET /v2/models/<name>/config``. ``RemoteSegmenter`` (target ``triton`` of the registry) reads them and
-runs preprocessing and postprocessing on the client, against the tensor model.
+``GET /v2/models/<name>/config`` (``triton_client.TritonClient.config``).
+
+Lifecycle: the models are written into PyTriton's local model store before Triton starts, so Triton loads
+both before it opens its endpoints and ``/v2/health/ready`` never answers 200 without them. A request the
+server refuses gets Triton's INVALID_ARG status (HTTP 400) and one line of text, through a thin wrapper
+around PyTriton's proxy model (``PROXY_MODEL``). SIGINT or SIGTERM drains: both models are unloaded
+(Triton lets in-flight requests finish), then Triton stops, and no shared memory is left.
 
 PyTriton's Python-backend stub links ``libpython3.X.so`` at run time; the interpreter that serves must be
 a shared-library build that the stub can find (``stub_problem()`` says why not, in one line).
@@ -30,7 +35,8 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,20 +45,24 @@ import numpy as np
 
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.preprocess import FIT_MODES
+from ulffn_deploy.triton_client import (
+    IMAGE_INPUT,
+    IMAGE_MODEL,
+    MASK_OUTPUT,
+    PARAMETER_PREFIX,
+    SERVE_EXTRA_HINT,
+    TENSOR_INPUT,
+    TENSOR_MODEL,
+    TENSOR_OUTPUT,
+    TritonClient,
+)
 
 if TYPE_CHECKING:
     from ulffn_deploy.runtime.base import Segmenter
 
-IMAGE_MODEL, TENSOR_MODEL = "ulffn", "ulffn_tensor"
-IMAGE_INPUT, MASK_OUTPUT = "image", "mask"
-TENSOR_INPUT, TENSOR_OUTPUT = "input", "probabilities"
-PARAMETER_PREFIX = "ulffn."
-TENSOR_MODEL_PARAMETER = PARAMETER_PREFIX + "tensor_model"
-URL_PATTERN = re.compile(r"^(?P<scheme>https?|grpc)://?(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<port>\d+))?(?:/(?P<model>[^/?#]*))?/?$",
-                         re.IGNORECASE)
-DEFAULT_PORTS = {"http": 8000, "https": 8000, "grpc": 8001}
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-SERVE_EXTRA_HINT = "pip install 'ulffn-deploy[serve]'"
+MODELS = (IMAGE_MODEL, TENSOR_MODEL)
+DRAIN_TIMEOUT_S = 10.0
+REQUEST_ERROR_MARKER = "ulffn-request-refused: "
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,12 @@ class ServeOptions:
             raise UlffnError("--max-batch must be at least 1 and --queue-delay-us not negative")
         if self.fit_mode not in FIT_MODES:
             raise UlffnError(f"unknown fit mode {self.fit_mode!r}", f"use one of {', '.join(FIT_MODES)}")
+
+    @property
+    def local_http_address(self) -> str:
+        """Where this machine reaches the HTTP endpoint (a wildcard address listens on loopback too)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"[{host}]:{self.http_port}" if ":" in host else f"{host}:{self.http_port}"
 
 
 # -- can this interpreter host PyTriton's stub? -------------------------------------------------------
@@ -140,26 +156,46 @@ def served_parameters(segmenter: Segmenter, artifact: Path) -> dict[str, str]:
 
 def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
     """Encoded image bytes -> HxWx3 uint8 RGB, as ``imageio.read_rgb`` reads files; UlffnError otherwise."""
+    from PIL import Image
+
     from ulffn_deploy.imageio import read_rgb
 
     if not data:
         raise UlffnError("an image is empty (0 bytes)")
     if len(data) > max_bytes:
         raise UlffnError(f"an image of {len(data)} bytes is over the server's limit of {max_bytes} bytes")
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UlffnError(f"not a readable image ({exc})") from exc
+    except Exception as exc:  # a hostile or broken image: whatever Pillow raises means "not readable"
+        raise UlffnError(f"not a readable image ({_one_line(exc)})") from None
     if width * height > max_pixels:
         raise UlffnError(f"an image of {width}x{height} pixels is over the server's limit of {max_pixels} pixels")
-    return read_rgb(io.BytesIO(data))  # type: ignore[arg-type]  # Pillow opens file objects too
+    try:
+        return read_rgb(io.BytesIO(data))  # type: ignore[arg-type]  # Pillow opens file objects too
+    except UlffnError as exc:  # read_rgb names the file it was given: here a BytesIO object
+        raise UlffnError(" ".join(_OBJECT_REPR.sub("", exc.message).split()).lstrip(": ")[:400]) from None
+    except Exception as exc:
+        raise UlffnError(f"not a readable image ({_one_line(exc)})") from None
+
+
+_OBJECT_REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as a short line without object addresses (Pillow names the BytesIO it was given)."""
+    text = " ".join(_OBJECT_REPR.sub("", str(exc)).split()) or type(exc).__name__
+    return text[:200]
 
 
 class RequestError(Exception):
-    """A request the server refuses; its message goes back to the client."""
+    """A request the server refuses: the client gets ``message`` (one line) and HTTP 400 / gRPC INVALID_ARGUMENT.
+
+    Its text carries ``REQUEST_ERROR_MARKER``, by which ``PROXY_MODEL`` tells it from a failure of the server."""
+
+    def __init__(self, message: str) -> None:
+        self.message = " ".join(message.split())[:400]
+        super().__init__(REQUEST_ERROR_MARKER + self.message)
 
 
 class ServedModels:
@@ -176,7 +212,7 @@ class ServedModels:
         try:
             return self._images(requests)
         except UlffnError as exc:
-            raise RequestError(str(exc)) from None  # no chained traceback of the server's files for the client
+            raise RequestError(str(exc)) from None
 
     def tensors(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """One request: N x 3 x S x S float32 -> N x 2 x S x S float32 probabilities; requests run as one batch."""
@@ -221,9 +257,43 @@ class ServedModels:
         return images
 
 
+# PyTriton's proxy model (the Python-backend model that forwards requests to the infer functions) raises
+# every error with the whole traceback, which Triton sends to the client with status 500. This model.py
+# replaces it in the model store and keeps PyTriton's as pytriton_model.py next to it.
+PROXY_MODEL = f"""\
+import triton_python_backend_utils as pb_utils
+
+from .pytriton_model import TritonPythonModel as PyTritonModel
+
+MARKER = {REQUEST_ERROR_MARKER!r}
+INTERNAL = "the server failed on this request; its log has the details"
+
+
+def _refusal(text):
+    if MARKER not in text:
+        return None
+    return text.rsplit(MARKER, 1)[1].splitlines()[0].strip()[:400]
+
+
+class TritonPythonModel(PyTritonModel):
+    def execute(self, requests):
+        try:
+            return super().execute(requests)
+        except Exception as exc:
+            refusal = _refusal(str(exc))
+            if refusal is None:
+                error = pb_utils.TritonError(INTERNAL, pb_utils.TritonError.INTERNAL)
+            else:
+                error = pb_utils.TritonError(refusal, pb_utils.TritonError.INVALID_ARG)
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+"""
+
+
 def bind_models(triton: Any, models: ServedModels, parameters: Mapping[str, str]) -> None:
-    """Bind the image and tensor models, with dynamic batching, and attach ``parameters`` to both configs."""
+    """Bind the image and tensor models, with dynamic batching, into PyTriton's local model store, with
+    ``parameters`` in both configs and ``PROXY_MODEL`` as their model.py."""
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.model_config.generator import ModelConfigGenerator
 
     size = models.segmenter.input_size
     options = models.options
@@ -236,8 +306,14 @@ def bind_models(triton: Any, models: ServedModels, parameters: Mapping[str, str]
                 outputs=[Tensor(name=MASK_OUTPUT, dtype=np.bool_, shape=(-1, -1))], config=config(), strict=True)
     triton.bind(TENSOR_MODEL, models.tensors, inputs=[Tensor(name=TENSOR_INPUT, dtype=np.float32, shape=(3, size, size))],
                 outputs=[Tensor(name=TENSOR_OUTPUT, dtype=np.float32, shape=(2, size, size))], config=config(), strict=True)
-    for model in triton._model_manager.models:  # PyTriton 0.7: no public hook for config parameters
-        model._get_triton_model_config().backend_parameters.update(parameters)
+    store = Path(triton._workspace.model_store_path)  # PyTriton 0.7: no public hook for config parameters
+    for model in triton._model_manager.models:
+        model_config = model._get_triton_model_config()
+        model_config.backend_parameters.update(parameters)
+        ModelConfigGenerator(config=model_config).to_file(store / model.model_name / "config.pbtxt")
+        version = store / model.model_name / str(model.model_version)
+        (version / "model.py").replace(version / "pytriton_model.py")
+        (version / "model.py").write_text(PROXY_MODEL, encoding="utf-8")
 
 
 def serve(artifact: str | os.PathLike[str], options: ServeOptions = ServeOptions(),
@@ -261,45 +337,103 @@ def _triton_config(options: ServeOptions) -> Any:
 
     return TritonConfig(http_address=options.host, http_port=options.http_port, grpc_address=options.host,
                         grpc_port=options.grpc_port, metrics_address=options.host, metrics_port=options.metrics_port,
-                        exit_timeout_secs=1, log_verbose=0)
+                        exit_timeout_secs=1, log_verbose=0, strict_readiness=True)
+
+
+def _refusals_in_one_line(record: Any) -> bool:
+    """PyTriton logs every failed request with its traceback; a refused request is logged as one line."""
+    text = record.getMessage()
+    if REQUEST_ERROR_MARKER in text:
+        record.msg, record.args = "refused a request: %s", (text.rsplit(REQUEST_ERROR_MARKER, 1)[1].splitlines()[0],)
+    return True
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_triton(models: ServedModels, parameters: Mapping[str, str], log: Callable[[str], None],
                 ready: Callable[[], None] | None) -> None:
     import logging
 
-    from pytriton.triton import Triton
+    from pytriton.triton import Triton, TritonLifecyclePolicy
 
     logging.getLogger("pytriton").setLevel(logging.WARNING)
+    logging.getLogger("pytriton.proxy.inference").addFilter(_refusals_in_one_line)
     _use_interpreter_libpython()
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     options = models.options
-    triton = Triton(config=_triton_config(options))
-    try:
-        bind_models(triton, models, parameters)
+    with _stop_on_signals() as stop:
+        triton = Triton(config=_triton_config(options),
+                        triton_lifecycle_policy=TritonLifecyclePolicy(launch_triton_on_startup=True, local_model_store=True))
         try:
-            triton.run()
-        except Exception as exc:  # PyTriton and tritonclient raise their own types when the server fails to start
-            raise UlffnError(f"the Triton server did not start ({' '.join(str(exc).split())[:300]})",
-                             "see the server's log above") from exc
-        log(f"serving {parameters[PARAMETER_PREFIX + 'artifact']} ({models.segmenter.backend}, "
-            f"{models.segmenter.precision}): http://{options.host}:{options.http_port}/{IMAGE_MODEL} (images), "
-            f"/{TENSOR_MODEL} (tensors); grpc://{options.host}:{options.grpc_port}; "
-            f"metrics http://{options.host}:{options.metrics_port}/metrics; Ctrl-C stops")
-        if ready:
-            ready()
-        while not stop.wait(0.5) and triton.is_alive():
-            pass
-        if not stop.is_set():
-            raise UlffnError("the Triton server stopped unexpectedly", "run again with ULFFN_DEBUG=1")
-        log("stopping")
+            bind_models(triton, models, parameters)
+            try:
+                triton.run()
+            except Exception as exc:  # PyTriton and tritonclient raise their own types when the server fails to start
+                raise UlffnError(f"the Triton server did not start ({' '.join(str(exc).split())[:300]})",
+                                 "see the server's log above") from exc
+            _check_models_ready(options)
+            log(f"serving {parameters[PARAMETER_PREFIX + 'artifact']} ({models.segmenter.backend}, "
+                f"{models.segmenter.precision}): http://{options.host}:{options.http_port}/{IMAGE_MODEL} (images), "
+                f"/{TENSOR_MODEL} (tensors); grpc://{options.host}:{options.grpc_port}; "
+                f"metrics http://{options.host}:{options.metrics_port}/metrics; Ctrl-C stops")
+            if ready:
+                ready()
+            while not stop.wait(0.1) and triton.is_alive():
+                pass
+            if not stop.is_set():
+                raise UlffnError("the Triton server stopped unexpectedly", "run again with ULFFN_DEBUG=1")
+            log("stopping: finishing the requests in flight")
+            _drain(options, triton.get_access_token())
+        finally:
+            triton.stop()
+            if left := stop_leftovers(_shm_prefix(triton)):
+                log(f"ended {len(left)} Triton backend process(es) that outlived the server")
+    log("stopped")
+
+
+def _check_models_ready(options: ServeOptions) -> None:
+    client = TritonClient(f"http://{options.local_http_address}/{IMAGE_MODEL}", timeout_s=10)
+    try:
+        for model in MODELS:
+            client.wait_until_ready(model, timeout_s=60)
     finally:
-        triton.stop()
-        if left := stop_leftovers(f"pytrtion{os.getpid()}-"):
-            log(f"ended {len(left)} Triton backend process(es) that outlived the server")
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        client.close()
+
+
+def _drain(options: ServeOptions, access_token: str) -> None:
+    """Unload both models: Triton refuses new requests for them, lets those in flight finish, then ends the
+    Python-backend stubs (which release their shared memory). Bounded by ``DRAIN_TIMEOUT_S``."""
+    import tritonclient.http as http
+    from pytriton.triton import TRITON_ACCESS_HEADER
+
+    headers = {TRITON_ACCESS_HEADER: access_token}
+    client = http.InferenceServerClient(options.local_http_address, network_timeout=DRAIN_TIMEOUT_S)
+    try:
+        for model in MODELS:
+            client.unload_model(model, headers=headers)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            states = {entry.get("name"): entry.get("state") for entry in client.get_model_repository_index(headers=headers)}
+            if all(states.get(model) not in ("READY", "UNLOADING", "LOADING") for model in MODELS):
+                return
+            time.sleep(0.1)
+    except Exception:  # the server went away already: nothing left to drain
+        return
+    finally:
+        client.close()
+
+
+def _shm_prefix(triton: Any) -> str:
+    """The prefix of the Python-backend stubs' shared-memory regions, which their command lines carry too."""
+    return str(triton._python_backend_config["shm-region-prefix-name"])  # PyTriton 0.7 sets it per server
 
 
 def _descendants(marker: str) -> list[int]:
@@ -338,296 +472,3 @@ def stop_leftovers(marker: str, grace_s: float = 2.0) -> list[int]:
     for region in Path("/dev/shm").glob(marker + "*"):
         region.unlink(missing_ok=True)
     return left
-
-
-# -- clients -------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ServerUrl:
-    """``http://127.0.0.1:8000/ulffn`` parsed: protocol, host, port and model name."""
-
-    scheme: str
-    host: str
-    port: int
-    model: str
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def __str__(self) -> str:
-        return f"{self.scheme}://{self.address}/{self.model}"
-
-    @property
-    def is_loopback(self) -> bool:
-        return self.host.lower() in LOOPBACK_HOSTS or self.host.startswith("127.")
-
-
-def is_server_url(text: str) -> bool:
-    """Whether ``text`` names a Triton server (``http://``, ``https://``, ``grpc://``; one slash after the
-    scheme is accepted too, as ``pathlib.Path`` leaves it)."""
-    return bool(URL_PATTERN.match(os.fspath(text)))
-
-
-def parse_server_url(text: str | os.PathLike[str]) -> ServerUrl:
-    match = URL_PATTERN.match(os.fspath(text))
-    if not match:
-        raise UlffnError(f"{text}: not a server URL", "use http://HOST:PORT/MODEL or grpc://HOST:PORT/MODEL")
-    scheme = match["scheme"].lower()
-    port = int(match["port"] or DEFAULT_PORTS[scheme])
-    return ServerUrl(scheme, match["host"], port, match["model"] or IMAGE_MODEL)
-
-
-class TritonClient:
-    """A tritonclient HTTP or gRPC client for one server, with UlffnErrors instead of transport exceptions."""
-
-    def __init__(self, url: str | os.PathLike[str] | ServerUrl, timeout_s: float = 60.0) -> None:
-        self.url = url if isinstance(url, ServerUrl) else parse_server_url(url)
-        self.timeout_s = timeout_s
-        try:
-            if self.url.scheme == "grpc":
-                import tritonclient.grpc as module
-            else:
-                import tritonclient.http as module
-        except (ImportError, RuntimeError) as exc:  # RuntimeError: tritonclient without that protocol's extra
-            raise UlffnError(f"talking to a Triton server needs tritonclient ({exc})", SERVE_EXTRA_HINT) from exc
-        self.module = module
-        self.exceptions = __import__("tritonclient.utils", fromlist=["InferenceServerException"])
-        try:
-            if self.url.scheme == "grpc":
-                self.client = module.InferenceServerClient(self.url.address)
-            else:
-                self.client = module.InferenceServerClient(self.url.address, ssl=self.url.scheme == "https",
-                                                           network_timeout=timeout_s, connection_timeout=timeout_s)
-        except Exception as exc:  # tritonclient raises several types for a bad address
-            raise UlffnError(f"{self.url}: cannot create a client ({exc})") from exc
-
-    def _call(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except self.exceptions.InferenceServerException as exc:
-            raise UlffnError(f"{self.url}: {what} failed: {server_message(str(exc.message()))}") from exc
-        except (OSError, ConnectionError) as exc:
-            raise UlffnError(f"{self.url}: {what} failed: {exc}", "is 'ulffn-deploy serve' running there?") from exc
-
-    def is_ready(self, model: str | None = None) -> bool:
-        try:
-            return bool(self.client.is_model_ready(model or self.url.model))
-        except Exception:  # not reachable yet, or not ready: the same answer
-            return False
-
-    def config(self, model: str | None = None) -> dict[str, Any]:
-        """The model's Triton configuration as a dict (its ``parameters`` as plain strings)."""
-        name = model or self.url.model
-        if self.url.scheme == "grpc":
-            from google.protobuf.json_format import MessageToDict
-
-            response = self._call("reading the model config", self.client.get_model_config, name)
-            config = MessageToDict(response.config, preserving_proto_field_name=True)
-        else:
-            config = self._call("reading the model config", self.client.get_model_config, name)
-        raw = config.get("parameters") or {}
-        config["parameters"] = {key: str(value.get("string_value", "")) for key, value in raw.items()}
-        return dict(config)
-
-    def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """Run ``model`` once; numpy arrays in and out (object arrays of bytes for BYTES inputs)."""
-        infer_inputs = []
-        for name, array in inputs.items():
-            datatype = "BYTES" if array.dtype == object else self.exceptions.np_to_triton_dtype(array.dtype)
-            item = self.module.InferInput(name, list(array.shape), datatype)
-            item.set_data_from_numpy(array)
-            infer_inputs.append(item)
-        requested = [self.module.InferRequestedOutput(name) for name in outputs]
-        kwargs = {"client_timeout": self.timeout_s} if self.url.scheme == "grpc" else {}
-        result = self._call(f"inference on {model}", self.client.infer, model, infer_inputs, outputs=requested, **kwargs)
-        return {name: result.as_numpy(name) for name in outputs}
-
-    def segment_encoded(self, images: Sequence[bytes], model: str | None = None) -> np.ndarray:
-        """Encoded images of one size -> K x H x W bool masks from the server's image model."""
-        array = np.array([[bytes(data)] for data in images], dtype=object)
-        return self.infer(model or IMAGE_MODEL, {IMAGE_INPUT: array}, [MASK_OUTPUT])[MASK_OUTPUT]
-
-    def close(self) -> None:
-        try:
-            self.client.close()
-        except Exception:  # closing twice, or a transport that is already gone
-            pass
-
-
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(?:[A-Za-z_]\w*)(?:Error|Exception): (?P<message>.*)$")
-
-
-def server_message(message: str) -> str:
-    """The line that matters of a server's error: a Python backend sends a traceback, whose last exception
-    line is the error our infer function raised."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    if "Traceback" in message:
-        raised = [match["message"] for line in lines if (match := _EXCEPTION_LINE.match(line))]
-        if raised:
-            return raised[-1][:400]
-    return " ".join(lines)[:400]
-
-
-def segment_images(url: str, images: Sequence[np.ndarray], fit_mode: str | None = None) -> list[np.ndarray]:
-    """The documented client: HxWx3 uint8 RGB images -> HxW bool masks, identical to ``predict``'s.
-
-    It reads the model's ``ulffn.*`` parameters, preprocesses here, sends N x 3 x S x S float32 to the
-    tensor model (``ulffn_tensor`` of ``serve``, or a model of an ``export-triton`` repository) and maps the
-    lesion probability back to each image's original size. Any of ``http://``, ``grpc://`` works.
-    """
-    from ulffn_deploy.targets.triton import RemoteSegmenter
-
-    with RemoteSegmenter(url) as segmenter:
-        return segmenter.predict(images, fit_mode)
-
-
-# -- perf_analyzer-style concurrency sweep ---------------------------------------------------------------
-
-SWEEP_LEVELS = (1, 2, 4, 8)
-
-
-def _percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
-    from ulffn_deploy.latency import percentile
-
-    ordered = sorted(samples_ms)
-    return {"p50_ms": percentile(ordered, 50), "p90_ms": percentile(ordered, 90), "p99_ms": percentile(ordered, 99)}
-
-
-def _client_loop(url: ServerUrl, send: Callable[[TritonClient], Any], deadline: float, budget: list[int],
-                 lock: threading.Lock, samples: list[float], errors: list[str]) -> None:
-    client = TritonClient(url)
-    try:
-        while time.perf_counter() < deadline:
-            with lock:
-                if budget[0] <= 0:
-                    return
-                budget[0] -= 1
-            start = time.perf_counter()
-            try:
-                send(client)
-            except UlffnError as exc:
-                errors.append(str(exc))
-                continue
-            samples.append((time.perf_counter() - start) * 1e3)
-    finally:
-        client.close()
-
-
-def measure_concurrency(url: ServerUrl, send: Callable[[TritonClient], Any], clients: int, requests: int,
-                        seconds: float) -> dict[str, Any]:
-    """``clients`` threads, each with its own connection, sending until ``requests`` are sent or ``seconds`` pass."""
-    samples: list[float] = []
-    errors: list[str] = []
-    budget, lock = [requests], threading.Lock()
-    start = time.perf_counter()
-    threads = [threading.Thread(target=_client_loop, args=(url, send, start + seconds, budget, lock, samples, errors))
-               for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
-    row: dict[str, Any] = {"concurrency": clients, "requests": len(samples), "errors": len(errors),
-                           "seconds": round(elapsed, 3), "throughput_rps": len(samples) / elapsed if elapsed else 0.0}
-    if samples:
-        row.update(_percentiles(samples))
-    if errors:
-        row["first_error"] = errors[0]
-    return row
-
-
-def concurrency_sweep(url: str, image: np.ndarray, levels: Sequence[int] = SWEEP_LEVELS, requests: int = 200,
-                      seconds: float = 10.0, endpoint: str = "image", warmup: int = 5,
-                      allow_remote: bool = False) -> dict[str, Any]:
-    """Throughput and p50/p99 latency at each client concurrency, against ``url`` (loopback unless allowed).
-
-    ``endpoint`` "image" sends the image as PNG bytes to the image model (what a device does); "tensor"
-    sends the preprocessed tensor to the tensor model. Each level stops after ``requests`` or ``seconds``.
-    """
-    target = parse_server_url(url)
-    if not target.is_loopback and not allow_remote:
-        raise UlffnError(f"{target.host} is not a loopback address", "the sweep runs against a server on this machine")
-    send, described = _sender(target, image, endpoint)
-    probe = TritonClient(target)
-    try:
-        for _ in range(warmup):
-            send(probe)
-        parameters = {key: value for key, value in probe.config(target.model).get("parameters", {}).items()
-                      if key.startswith(PARAMETER_PREFIX)}  # not PyTriton's workspace path
-    finally:
-        probe.close()
-    load_before = os.getloadavg()[0]
-    rows = [measure_concurrency(target, send, level, requests, seconds) for level in levels]
-    return {"url": str(target), "endpoint": endpoint, "request": described, "requests_per_level": requests,
-            "seconds_per_level": seconds, "served": parameters, "levels": rows, "machine": _machine(load_before)}
-
-
-def _machine(load_before: float) -> dict[str, Any]:
-    """The CPU and how busy it was: client, server and anything else share it on loopback."""
-    from ulffn_deploy.devices import cpu_name
-
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "load_average_1min": [round(load_before, 2),
-                                                                              round(os.getloadavg()[0], 2)]}
-
-
-def _sender(target: ServerUrl, image: np.ndarray, endpoint: str) -> tuple[Callable[[TritonClient], Any], str]:
-    if endpoint == "image":
-        from PIL import Image
-
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG")
-        encoded = buffer.getvalue()
-        return ((lambda client: client.segment_encoded([encoded], target.model)),
-                f"one {image.shape[1]}x{image.shape[0]} PNG ({len(encoded)} bytes) per request")
-    if endpoint == "tensor":
-        from ulffn_deploy.targets.triton import RemoteSegmenter
-
-        with RemoteSegmenter(str(target)) as remote:
-            batch, _ = remote.preprocess([image])
-            model, input_name, output_name = remote.tensor_model, remote.input_name, remote.output_name
-        return ((lambda client: client.infer(model, {input_name: batch}, [output_name])),
-                f"one 1x3x{batch.shape[2]}x{batch.shape[3]} float32 tensor per request")
-    raise UlffnError(f"unknown endpoint {endpoint!r}", "use image or tensor")
-
-
-def in_process_latency(artifact: str | os.PathLike[str], image: np.ndarray, iterations: int = 50,
-                       fit_mode: str = "full", endpoint: str = "image") -> dict[str, Any]:
-    """The same artifact in this process (no server), for comparison: ``predict`` on the image ("image"),
-    or ``infer`` on its preprocessed tensor ("tensor")."""
-    from ulffn_deploy.preprocess import preprocess
-    from ulffn_deploy.runtime import Segmenter
-
-    with Segmenter.load(artifact, fit_mode=fit_mode) as segmenter:
-        batch, _ = preprocess([image], segmenter.input_size, fit_mode, segmenter.metadata.normalization)
-        step = (lambda: segmenter.predict([image])) if endpoint == "image" else (lambda: segmenter.infer(batch))
-        for _ in range(5):
-            step()
-        samples = []
-        for _ in range(iterations):
-            start = time.perf_counter()
-            step()
-            samples.append((time.perf_counter() - start) * 1e3)
-        return {"artifact": str(artifact), "backend": segmenter.backend, "precision": segmenter.precision,
-                "call": "predict" if endpoint == "image" else "infer", "iterations": iterations,
-                "throughput_rps": 1e3 * iterations / sum(samples), **_percentiles(samples)}
-
-
-def format_sweep(result: Mapping[str, Any]) -> str:
-    """The sweep as a Markdown table (one row per concurrency level, then the in-process row if present)."""
-    machine = result.get("machine") or {}
-    served = result.get("served") or {}
-    lines = [f"Server {result['url']} ({result['endpoint']} endpoint: {result['request']}), serving "
-             f"{served.get('ulffn.artifact', '?')} ({served.get('ulffn.backend', '?')}, {served.get('ulffn.precision', '?')})",
-             f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, 1-min load average "
-             f"{' -> '.join(str(v) for v in machine.get('load_average_1min', []))} (client and server share it)", "",
-             "| clients | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) |", "|---|---|---|---|---|---|"]
-    for row in result["levels"]:
-        lines.append(f"| {row['concurrency']} | {row['requests']} | {row['errors']} | {row['throughput_rps']:.1f} | "
-                     f"{row.get('p50_ms', float('nan')):.2f} | {row.get('p99_ms', float('nan')):.2f} |")
-    local = result.get("in_process")
-    if local:
-        lines.append(f"| in-process {local.get('call', 'predict')} (no server) | {local['iterations']} | 0 | "
-                     f"{local['throughput_rps']:.1f} | "
-                     f"{local['p50_ms']:.2f} | {local['p99_ms']:.2f} |")
-    return "\n".join(lines)

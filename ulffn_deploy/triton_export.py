@@ -6,13 +6,12 @@ become one model with a ``cc_model_filenames`` entry per compute capability), ON
 ``onnxruntime_onnx`` (CPU or GPU instances), OpenVINO IR as the ``openvino`` backend (CPU). Inputs,
 outputs and dims come from the artifact (``dims`` exclude the batch dimension; -1 where height and width
 are dynamic). Each config carries the artifact's ``ulffn.*`` metadata as parameters, which is what
-``ulffn_deploy.serve.segment_images`` and the ``triton`` target read to preprocess on the client, so
+``ulffn_deploy.targets.triton.segment_images`` and the ``triton`` target read to preprocess on the client, so
 clients get the same masks as ``predict``.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -223,31 +222,3 @@ def export_repository(repo: str | os.PathLike[str], artifacts: Sequence[str | os
         log(f"{final}: {KIND[model.target]} from {', '.join(p.name for p in model.sources)}")
         written.append(final / "config.pbtxt")
     return written
-
-
-@functools.cache
-def schema_module() -> Any:
-    """Triton's ModelConfig protobuf module, as tritonclient ships it (loaded by path: its package needs grpc)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("tritonclient")
-    if spec is None or not spec.submodule_search_locations:
-        raise UlffnError("checking a config.pbtxt needs tritonclient", "pip install tritonclient")
-    path = Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
-    loaded = importlib.util.spec_from_file_location("ulffn_triton_model_config_pb2", path)
-    if loaded is None or loaded.loader is None:
-        raise UlffnError(f"{path}: cannot load Triton's model configuration schema")
-    module = importlib.util.module_from_spec(loaded)
-    loaded.loader.exec_module(module)
-    return module
-
-
-def parse_config(text: str) -> Any:
-    """``text`` parsed as Triton's ModelConfig (google.protobuf.text_format); UlffnError when it does not parse."""
-    from google.protobuf import text_format
-
-    module = schema_module()
-    try:
-        return text_format.Parse(text, module.ModelConfig())
-    except text_format.ParseError as exc:
-        raise UlffnError(f"config.pbtxt does not parse as Triton's ModelConfig: {exc}") from exc

@@ -24,23 +24,23 @@ def _levels(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int
 @click.option("--endpoint", type=click.Choice(("image", "tensor")), default="image", show_default=True,
               help="image: encoded PNG to the image model (what a device sends); tensor: preprocessed tensor.")
 @click.option("--concurrency", "levels", default="1,2,4,8", show_default=True, callback=_levels)
-@click.option("--requests", default=200, show_default=True, type=click.IntRange(min=1), help="Requests per level (at most).")
-@click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds per level (at most).")
+@click.option("--requests", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Requests per level, split over its clients.")
 @click.option("--artifact", type=click.Path(dir_okay=False, exists=True),
               help="The served artifact, to add its in-process predict latency on the same image.")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False),
               help="Write sweep_<endpoint>.md and .json here.")
-def command(url: str, image_path: str | None, endpoint: str, levels: tuple[int, ...], requests: int, seconds: float,
+def command(url: str, image_path: str | None, endpoint: str, levels: tuple[int, ...], requests: int,
             artifact: str | None, out_dir: str | None) -> None:
-    """Sweep client concurrency against the server at URL (loopback only): throughput and p50/p99 latency per
-    level, each bounded by --requests and --seconds; with --artifact, the same image in-process for comparison."""
+    """Sweep client concurrency against the server at URL (loopback only): throughput and p50/p90/p99 latency
+    per level, each --requests requests; with --artifact, the same image in-process for comparison."""
     from pathlib import Path
 
     from ulffn_deploy.fileio import write_json_atomic, write_text_atomic
-    from ulffn_deploy.serve import concurrency_sweep, format_sweep, in_process_latency
+    from ulffn_deploy.load_generator import concurrency_sweep, format_sweep, in_process_latency
 
     image = _image(image_path)
-    result = concurrency_sweep(url, image, levels=levels, requests=requests, seconds=seconds, endpoint=endpoint)
+    result = concurrency_sweep(url, image, levels=levels, requests=requests, endpoint=endpoint)
     if artifact:
         fit = result["served"].get("ulffn.serving_fit_mode", "full")
         result["in_process"] = in_process_latency(artifact, image, fit_mode=fit, endpoint=endpoint)

@@ -11,7 +11,7 @@ TensorRT plans become 'tensorrt_plan' models (several engines of one precision: 
 entry per compute capability), ONNX files 'onnxruntime_onnx' models (--device cpu or gpu instances),
 OpenVINO IR 'openvino' backend models (CPU). Serve it with the official container, e.g.
 'docker run --gpus all -p 8000:8000 -p 8001:8001 -v $PWD/REPO:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3
-tritonserver --model-repository=/models', and call it with ulffn_deploy.serve.segment_images(URL, images),
+tritonserver --model-repository=/models', and call it with ulffn_deploy.targets.triton.segment_images(URL, images),
 which preprocesses on the client exactly as 'predict' does.
 """
 

@@ -3,7 +3,9 @@
 The artifact is a URL, not a file. ``RemoteSegmenter`` reads the model's ``ulffn.*`` configuration
 parameters (written by ``ulffn-deploy serve`` and by ``export-triton``), preprocesses on the client and sends
 N x 3 x S x S float32 tensors to the tensor model, so ``predict``, ``verify`` and ``benchmark`` compare the
-server's own outputs with the same pre- and post-processing as a local artifact.
+server's own outputs with the same pre- and post-processing as a local artifact. Opening one waits (at most
+``ready_timeout_s``) for the named model and the tensor model to be ready, as a server that has just started
+is still loading them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.preprocess import Placement, preprocess
 from ulffn_deploy.runtime.base import Segmenter
 from ulffn_deploy.runtime.metadata import ArtifactMetadata
-from ulffn_deploy.serve import (
+from ulffn_deploy.targets.registry import Target
+from ulffn_deploy.triton_client import (
+    DEFAULT_READY_TIMEOUT_S,
     PARAMETER_PREFIX,
     SERVE_EXTRA_HINT,
     TENSOR_MODEL_PARAMETER,
@@ -26,7 +30,6 @@ from ulffn_deploy.serve import (
     is_server_url,
     parse_server_url,
 )
-from ulffn_deploy.targets.registry import Target
 
 
 class RemoteSegmenter(Segmenter):
@@ -34,12 +37,16 @@ class RemoteSegmenter(Segmenter):
 
     backend = "triton"
 
-    def __init__(self, url: str | os.PathLike[str], fit_mode: str = "full", timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str | os.PathLike[str], fit_mode: str = "full", timeout_s: float = 60.0,
+                 ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> None:
         self.url = parse_server_url(url)
         self.client = TritonClient(self.url, timeout_s)
         try:
+            self.client.wait_until_ready(self.url.model, ready_timeout_s)
             named = self.client.config(self.url.model)
             self.tensor_model = named["parameters"].get(TENSOR_MODEL_PARAMETER) or self.url.model
+            if self.tensor_model != self.url.model:
+                self.client.wait_until_ready(self.tensor_model, ready_timeout_s)
             config = named if self.tensor_model == self.url.model else self.client.config(self.tensor_model)
             parameters = config["parameters"]
             if not any(key.startswith(PARAMETER_PREFIX) for key in parameters):
@@ -76,6 +83,17 @@ class RemoteSegmenter(Segmenter):
         return f"RemoteSegmenter({str(self.url)!r}, precision={self.precision!r}, {state})"
 
 
+def segment_images(url: str, images: list[np.ndarray], fit_mode: str | None = None) -> list[np.ndarray]:
+    """The documented client: HxWx3 uint8 RGB images -> HxW bool masks, identical to ``predict``'s.
+
+    It reads the model's ``ulffn.*`` parameters, preprocesses here, sends N x 3 x S x S float32 to the
+    tensor model (``ulffn_tensor`` of ``serve``, or a model of an ``export-triton`` repository) and maps the
+    lesion probability back to each image's original size. Any of ``http://``, ``grpc://`` works.
+    """
+    with RemoteSegmenter(url) as segmenter:
+        return segmenter.predict(images, fit_mode)
+
+
 class TritonTarget(Target):
     """Models served by Triton Inference Server (``ulffn-deploy serve`` or an ``export-triton`` repository)."""
 
@@ -102,10 +120,8 @@ class TritonTarget(Target):
     def load(self, path: Path, **options: Any) -> Segmenter:
         reason = self.unavailable_reason()
         if reason:
-            from ulffn_deploy.serve import parse_server_url
-
             raise UlffnError(f"cannot talk to {parse_server_url(path)}: {reason}", SERVE_EXTRA_HINT)
-        unknown = sorted(set(options) - {"fit_mode", "timeout_s"})
+        unknown = sorted(set(options) - {"fit_mode", "timeout_s", "ready_timeout_s"})
         if unknown:
             raise UlffnError(f"option(s) {', '.join(unknown)} do not apply to a Triton server URL")
         return RemoteSegmenter(str(path), **options)
