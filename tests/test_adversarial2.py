@@ -278,3 +278,104 @@ def test_a_broken_symlink_in_a_folder_is_reported(tmp_path, model, images):
     result = run("predict", model, images, "-o", tmp_path / "out", "--no-progress")
     assert_one_line(result, 1, "gone.png", "broken symbolic link")
     assert len(csv_rows(tmp_path / "out" / "predictions.csv")) == 3
+
+
+# ---- 1. predict never overwrites a file it did not write, never reads its own outputs --------------
+
+def test_predict_into_its_input_folder_keeps_a_users_file(tmp_path, model, images):
+    Image.fromarray(sample_images(1)[0]).save(images / "lesion.png")
+    truth = np.zeros((40, 56), np.uint8)
+    Image.fromarray(truth).save(images / "lesion_mask.png")  # the user's own ground truth
+    before = (images / "lesion_mask.png").read_bytes()
+    result = run("predict", model, images, "-o", images, "--no-progress")
+    assert_one_line(result, 2, "lesion_mask.png", "not written by predict")
+    assert (images / "lesion_mask.png").read_bytes() == before
+    assert not list(images.glob("*_overlay.png")) and not (images / "predictions.csv").exists()
+
+
+def test_predict_into_its_input_folder_twice_predicts_the_images_only(tmp_path, model, images):
+    for _ in range(2):
+        assert_one_line(run("predict", model, images, "-o", images, "--no-progress"), 0)
+    rows = csv_rows(images / "predictions.csv")
+    assert sorted(row["mask"] for row in rows) == [f"ISIC_000000{i}_mask.png" for i in range(3)]
+    assert not list(images.glob("*_mask_mask.png")) and not list(images.glob("*_overlay_*"))
+
+
+def test_predict_into_a_folder_inside_its_input_never_reads_earlier_outputs(tmp_path, model, images):
+    for _ in range(2):
+        assert_one_line(run("predict", model, images, "-o", images / "out", "--no-progress"), 0)
+    assert len(csv_rows(images / "out" / "predictions.csv")) == 3
+    assert sorted(p.name for p in (images / "out").glob("*.png")) == sorted(
+        f"ISIC_000000{i}_{kind}.png" for i in range(3) for kind in ("mask", "overlay"))
+
+
+def test_a_users_own_predictions_csv_is_not_rewritten(tmp_path, model, images):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "predictions.csv").write_text("patient,notes\n1,keep me\n")
+    assert_one_line(run("predict", model, images, "-o", tmp_path / "out", "--no-progress"), 2, "predictions.csv")
+    assert (tmp_path / "out" / "predictions.csv").read_text() == "patient,notes\n1,keep me\n"
+
+
+def test_concurrent_runs_into_the_input_folder_read_no_outputs(tmp_path, model, images):
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    command = [sys.executable, "-m", "ulffn_deploy", "predict", str(model), str(images), "-o", str(images),
+               "--no-progress", "--batch-size", "1"]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for _ in range(3)]
+    results = [(proc.wait(timeout=300), proc.stderr.read() if proc.stderr else "") for proc in runs]
+    assert all(code == 0 for code, _ in results), results
+    assert sorted(row["mask"] for row in csv_rows(images / "predictions.csv")) == [
+        f"ISIC_000000{i}_mask.png" for i in range(3)]
+
+
+# ---- 6. a model whose outputs are NaN --------------------------------------------------------------
+
+def nan_onnx(source: Path, target: Path) -> Path:
+    """A copy of ``source`` whose head convolution's bias is NaN: every output is NaN."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    head = [node for node in model.graph.node if node.op_type == "Conv"][-1]
+    initializers = {init.name: init for init in model.graph.initializer}
+    bias = initializers[head.input[2]]
+    bias.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(bias), np.nan), bias.name))
+    onnx.save(model, str(target))
+    return target
+
+
+def test_verify_fails_a_model_whose_outputs_are_nan_with_exit_1(tmp_path):
+    from tiny_models import artifacts
+
+    folder = artifacts()
+    bad = nan_onnx(folder / "model.fp32.onnx", tmp_path / "model.fp32.onnx")
+    result = run("verify", bad, "--artifacts", folder, "--warmup", "0", "--iterations", "1", "--json",
+                 tmp_path / "report.json")
+    assert_one_line(result, 1)
+    assert "non-finite outputs" in result.stdout and "FAIL" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["passed"] is False and report["comparison"]["non_finite"] > 0
+
+
+def test_predict_warns_and_marks_rows_of_nan_outputs(tmp_path, model, images):
+    bad = nan_onnx(model, tmp_path / "nan.fp32.onnx")
+    result = run("predict", bad, images, "-o", tmp_path / "out", "--no-progress")
+    assert_one_line(result, 1, "NaN or infinite", "ISIC_0000000")
+    rows = csv_rows(tmp_path / "out" / "predictions.csv")
+    assert len(rows) == 3 and all("NaN or infinite" in row["warning"] for row in rows)
+
+
+def test_two_models_of_other_normalisation_are_named_for_it():
+    from ulffn_deploy.config import Normalization
+    from ulffn_deploy.harness import _same_input
+
+    class Fake:
+        def __init__(self, name: str, std: float) -> None:
+            from ulffn_deploy.runtime.metadata import ArtifactMetadata
+
+            self.path = Path(name)
+            self.metadata = ArtifactMetadata(Normalization(std=(std,) * 3), 64, "full", "fp32", None)
+
+    with pytest.raises(UlffnError) as caught:
+        _same_input(Fake("a.onnx", 0.2), Fake("b.onnx", 0.3))  # type: ignore[arg-type]
+    assert "px vs" not in str(caught.value) and "normalisation" in str(caught.value)

@@ -51,7 +51,7 @@ def _open(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Im
         _check_regular(path)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused above the limit instead
+            warnings.simplefilter("ignore")  # bombs are refused above the limit; a damaged EXIF block is ignored
             image = Image.open(path)
             if max_side is not None and image.format == "JPEG" and max(image.size) > max_side:
                 scale = max_side / max(image.size)
@@ -142,7 +142,9 @@ def _upright(image: Image.Image) -> Image.Image:
 def _decoded(path: object, decode: Callable[[], np.ndarray]) -> np.ndarray:
     """``decode()``; an error converting a hostile file's pixels is an unreadable image, not a crash."""
     try:
-        return decode()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return decode()
     except Exception as exc:  # noqa: BLE001
         raise _unreadable(path, exc) from exc
 

@@ -12,7 +12,9 @@ HELP = f"""Segment images: predict [MODEL] IMAGES_OR_FOLDERS... -o OUT.
 
 MODEL is any artifact the registry knows (.engine TensorRT, .onnx ONNX Runtime, .pt PyTorch, ...). Without
 it, --artifacts' default artifact is used: {DEFAULT_RULE}. Folders are searched recursively. Files that
-cannot be read are reported and skipped; the exit code is then 1.
+cannot be read are reported and skipped; images whose model output is NaN or infinite are reported and
+their rows marked in predictions.csv; the exit code is then 1. Predict never overwrites a file it did not write.
+
 """
 
 
@@ -67,5 +69,5 @@ def command(paths: tuple[str, ...], out_dir: str, artifacts: str, batch_size: in
     summary = predict_paths(artifact, inputs, out_dir, batch_size=batch_size, fit_mode=fit_mode, progress=progress,
                             report=lambda line: click.echo(line, err=True), overlay_style=style, **options)
     click.echo(f"{summary.line()}; table: {summary.csv_path}")
-    if summary.failed:
+    if summary.failed or summary.non_finite:
         sys.exit(1)
