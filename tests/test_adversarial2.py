@@ -379,3 +379,45 @@ def test_two_models_of_other_normalisation_are_named_for_it():
     with pytest.raises(UlffnError) as caught:
         _same_input(Fake("a.onnx", 0.2), Fake("b.onnx", 0.3))  # type: ignore[arg-type]
     assert "px vs" not in str(caught.value) and "normalisation" in str(caught.value)
+
+
+# ---- 5. non-finite normalisation; low: sidecar fields of the wrong type -----------------------------
+
+@pytest.mark.parametrize(("field", "value"), [("std", "NaN"), ("std", "Infinity"), ("mean", "-Infinity")])
+def test_non_finite_normalisation_in_onnx_metadata_is_refused_naming_the_field(tmp_path, images, field, value):
+    import onnx
+
+    model = onnx.load(str(tiny_onnx("fp32")))
+    for prop in model.metadata_props:
+        if prop.key == "ulffn.normalization":
+            normalization = json.loads(prop.value)
+            normalization[field][1] = "VALUE"
+            prop.value = json.dumps(normalization).replace('"VALUE"', value)
+    onnx.save(model, str(tmp_path / "model.fp32.onnx"))
+    result = run("predict", tmp_path / "model.fp32.onnx", images, "-o", tmp_path / "out", "--no-progress")
+    assert_one_line(result, 2, f"normalization {field}", "not finite")
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+
+
+def test_non_finite_normalisation_in_a_sidecar_is_refused():
+    from ulffn_deploy.runtime.metadata import ArtifactMetadata
+
+    fields = {"normalization": {"mean": [0.5, float("nan"), 0.5], "std": [1, 1, 1]}, "input_size": 64,
+              "fit_mode": "full", "precision": "fp32"}
+    with pytest.raises(UlffnError, match="normalization mean .* not finite"):
+        ArtifactMetadata.from_mapping(fields, "model.fp32.ort.onnx.json")
+
+
+@pytest.fixture
+def ort_artifact(tmp_path: Path) -> Path:
+    from ulffn_deploy.targets.registry import build
+
+    return Path(build("onnxruntime", tiny_onnx("fp32"), tmp_path / "model.fp32.ort.onnx"))
+
+
+@pytest.mark.parametrize("field", ["ir", "cpu", "source_onnx"])
+def test_a_sidecar_field_of_the_wrong_type_is_one_line(tmp_path, ort_artifact, images, field):
+    sidecar = ort_artifact.with_name(ort_artifact.name + ".json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), field: "not an object"}))
+    result = run("predict", ort_artifact, images, "-o", tmp_path / "out", "--no-progress")
+    assert_one_line(result, 2, field)
