@@ -421,3 +421,52 @@ def test_a_sidecar_field_of_the_wrong_type_is_one_line(tmp_path, ort_artifact, i
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), field: "not an object"}))
     result = run("predict", ort_artifact, images, "-o", tmp_path / "out", "--no-progress")
     assert_one_line(result, 2, field)
+
+
+# ---- 8. every size is bounded before allocating; low: --max-steps 0 -------------------------------
+
+def test_paper_fit_of_a_one_pixel_high_strip_is_refused_before_allocating():
+    from ulffn_deploy.preprocess import placement_for, preprocess
+
+    with pytest.raises(UlffnError, match="too elongated"):
+        placement_for(1, 400000, 512, "paper")
+    with pytest.raises(UlffnError, match="too elongated"):
+        preprocess([np.zeros((1, 400000, 3), np.uint8)], 512, "paper")
+    assert placement_for(767, 1022, 512, "paper").resized_hw == (512, 682)  # an ISIC image still fits
+
+
+def test_verify_fit_paper_on_a_strip_is_one_line(tmp_path):
+    from tiny_models import artifacts
+
+    folder = artifacts()
+    (tmp_path / "data").mkdir()
+    Image.fromarray(np.full((1, 400000, 3), 128, np.uint8)).save(tmp_path / "data" / "strip.png")
+    result = run("verify", folder / "model.fp32.onnx", "--artifacts", folder, "--data", tmp_path / "data", "--fit",
+                 "paper", "--warmup", "0", "--iterations", "1")
+    assert_one_line(result, 2, "too elongated", "1x400000")
+
+
+def test_calibrate_on_a_strip_is_one_line(tmp_path, model):
+    (tmp_path / "data").mkdir()
+    Image.fromarray(np.full((1, 400000, 3), 128, np.uint8)).save(tmp_path / "data" / "strip.png")
+    import onnx
+
+    loaded = onnx.load(str(model))
+    for prop in loaded.metadata_props:
+        if prop.key == "ulffn.fit_mode":
+            prop.value = "paper"  # calibrate fits images as the model was trained
+    onnx.save(loaded, str(model))
+    result = run("calibrate", model, "--data", tmp_path / "data", "--num-images", "1", "--num-eval", "0")
+    assert_one_line(result, 2, "too elongated")
+
+
+@pytest.mark.parametrize("args", [
+    ("benchmark", "--batch-sizes", "99999999999999999999", "--quick"),
+    ("verify", "--batch-size", "99999999999"),
+    ("predict", "x.png", "--batch-size", "99999999999"),
+    ("train", "--data", "d", "--out", "o", "--width", "100000"),
+    ("train", "--data", "d", "--out", "o", "--max-steps", "0"),
+])
+def test_hostile_sizes_on_the_command_line_are_one_line(tmp_path, args):
+    result = run(*args, "--artifacts", tmp_path) if args[0] != "train" else run(*args)
+    assert_one_line(result, 2, args[-2] if args[0] != "benchmark" else "--batch-sizes")

@@ -44,6 +44,7 @@ from ulffn_deploy.preprocess import (
     FIT_MODES,
     Placement,
     Preprocessing,
+    check_batch_size,
     lesion_probability_to_original,
 )
 
@@ -126,8 +127,7 @@ class ImageSource:
 
     def batches(self, batch_size: int, preprocessing: Preprocessing) -> Iterator[Batch]:
         """The images ``batch_size`` at a time, read and preprocessed."""
-        if batch_size < 1:
-            raise UlffnError(f"batch size {batch_size} is not positive")
+        check_batch_size(batch_size)
         for first in range(0, len(self.items), batch_size):
             chunk = list(self.items[first : first + batch_size])
             loaded = [item.load() for item in chunk]
@@ -140,6 +140,7 @@ class ImageSource:
         for latency measurements."""
         if not self.items:
             raise UlffnError(f"no images in {self.description}")
+        check_batch_size(batch_size)
         chosen = [self.items[i % len(self.items)] for i in range(batch_size)]
         return preprocessing([item.load()[0] for item in chosen])[0]
 

@@ -36,6 +36,7 @@ from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import check_writable_folder, output_errors, write_text_atomic
 from ulffn_deploy.imageio import IMAGE_SUFFIXES, image_files, read_rgb_reduced, write_mask
 from ulffn_deploy.overlay import OverlayStyle, outline, write_overlay
+from ulffn_deploy.preprocess import check_batch_size
 
 CSV_NAME = "predictions.csv"
 CSV_COLUMNS = ("file", "mask", "height", "width", "lesion_pixels", "lesion_fraction", "mean_lesion_probability",
@@ -210,8 +211,7 @@ def predict_paths(artifact: str | os.PathLike[str] | None, inputs: Sequence[str 
     from ulffn_deploy.runtime import Segmenter
     from ulffn_deploy.targets.registry import default_artifact
 
-    if batch_size < 1:
-        raise UlffnError(f"batch size {batch_size} is not positive")
+    check_batch_size(batch_size)
     images = collect_images(inputs)
     if not images:
         raise UlffnError(f"no images found in {', '.join(map(str, inputs))}", f"images end in {', '.join(IMAGE_SUFFIXES)}")

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ulffn_deploy.preprocess import MAX_BATCH_SIZE
 from ulffn_deploy.targets.registry import DEFAULT_RULE
 
 HELP = f"""Segment images: predict [MODEL] IMAGES_OR_FOLDERS... -o OUT.
@@ -24,7 +25,8 @@ their rows marked in predictions.csv; the exit code is then 1. Predict never ove
               help="Folder for <name>_mask.png, <name>_overlay.png (.jpg for images over 4 MP) and predictions.csv.")
 @click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(file_okay=False),
               help="Where to look for a model when none is named.")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Images per inference call.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, MAX_BATCH_SIZE),
+              help="Images per inference call.")
 @click.option("--fit", "fit_mode", type=click.Choice(("full", "paper")), default="full", show_default=True,
               help="full: resize the whole image to the model's input; paper: resize the shorter side and centre-crop "
                    "(outside the crop is background).")
