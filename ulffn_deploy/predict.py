@@ -124,7 +124,11 @@ def _recorded(folder: Path) -> set[str]:
 
 
 def _is_our_csv(path: Path) -> bool:
-    return (_header(path) or [])[:2] == ["file", "mask"]
+    """A predictions table of predict's (of any layout it wrote, or left empty by a kill)."""
+    if not path.is_file():
+        return False
+    header = _header(path)
+    return header is None or (header[:1] == ["file"] and set(header) <= set(CSV_COLUMNS))
 
 
 def _output_names(key: Path) -> tuple[str, ...]:
