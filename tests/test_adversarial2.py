@@ -290,6 +290,13 @@ def test_predict_into_its_input_folder_twice_predicts_the_images_only(tmp_path, 
     assert not list(images.glob("*_mask_mask.png")) and not list(images.glob("*_overlay_*"))
 
 
+def test_verify_and_calibrate_never_read_predicts_outputs_as_images(tmp_path, model, images):
+    from ulffn_deploy.harness import folder_source
+
+    assert_one_line(run("predict", model, images, "-o", images, "--no-progress"), 0)
+    assert sorted(folder_source(images).ids) == [f"ISIC_000000{i}" for i in range(3)]
+
+
 def test_predict_into_a_folder_inside_its_input_never_reads_earlier_outputs(tmp_path, model, images):
     for _ in range(2):
         assert_one_line(run("predict", model, images, "-o", images / "out", "--no-progress"), 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import stat
@@ -15,14 +16,38 @@ from PIL import Image
 from ulffn_deploy.errors import UlffnError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+OUTPUTS_MANIFEST = ".ulffn-predict-outputs"  # in a folder predict wrote to: one JSON string per line, a file it wrote
 
 
 def image_files(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
     """The image files in ``folder`` (by suffix, any case), sorted; with ``recursive`` also in sub-folders.
 
-    Broken symbolic links with an image suffix are listed too, so that reading them reports them."""
-    candidates = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
-    return sorted(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or is_broken_link(p)))
+    Broken symbolic links with an image suffix are listed too, so that reading them reports them. Files that
+    predict wrote (its masks and overlays, listed in OUTPUTS_MANIFEST beside them) are no input and left out."""
+    folder = Path(folder)
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    manifests = folder.rglob(OUTPUTS_MANIFEST) if recursive else [folder / OUTPUTS_MANIFEST]
+    outputs = {manifest.parent / name for manifest in manifests for name in recorded_outputs(manifest.parent)}
+    return sorted(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or is_broken_link(p))
+                  and p not in outputs)
+
+
+def recorded_outputs(folder: Path) -> set[str]:
+    """The names (relative to ``folder``) that predict recorded in its OUTPUTS_MANIFEST there."""
+    names: set[str] = set()
+    try:
+        with open(folder / OUTPUTS_MANIFEST, encoding="utf-8", errors="surrogateescape") as handle:
+            lines = handle.readlines()
+    except OSError:
+        return names
+    for line in lines:
+        try:
+            name = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if isinstance(name, str):
+            names.add(name)
+    return names
 
 
 def is_broken_link(path: Path) -> bool:

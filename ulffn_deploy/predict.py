@@ -34,14 +34,21 @@ from PIL import Image
 
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import check_writable_folder, output_errors, write_text_atomic
-from ulffn_deploy.imageio import IMAGE_SUFFIXES, image_files, read_rgb_reduced, write_mask
+from ulffn_deploy.imageio import (
+    IMAGE_SUFFIXES,
+    OUTPUTS_MANIFEST,
+    image_files,
+    read_rgb_reduced,
+    recorded_outputs,
+    write_mask,
+)
 from ulffn_deploy.overlay import OverlayStyle, outline, write_overlay
 from ulffn_deploy.preprocess import check_batch_size
 
 CSV_NAME = "predictions.csv"
 CSV_COLUMNS = ("file", "mask", "height", "width", "lesion_pixels", "lesion_fraction", "mean_lesion_probability",
                "warning")
-MANIFEST_NAME = ".ulffn-predict-outputs"  # one JSON string per line: a file predict wrote, relative to its folder
+MANIFEST_NAME = OUTPUTS_MANIFEST
 NETWORK_MAX_SIDE = 2048  # larger images are decoded reduced: the network input is at most 2048 px (512 in the paper)
 OUTLINE_RGB = (0, 255, 0)
 
@@ -79,8 +86,7 @@ def collect_images(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path,
     found: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            outputs = _outputs_under(item)
-            files = [p for p in image_files(item, recursive=True) if p not in outputs]
+            files = image_files(item, recursive=True)  # without predict's recorded outputs
             found += [(p, p.relative_to(item).with_suffix("")) for p in files]
         elif item.exists():
             found.append((item, Path(item.stem)))
@@ -95,26 +101,10 @@ def collect_images(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path,
     return _unique_keys(keyed)
 
 
-def _outputs_under(folder: Path) -> set[Path]:
-    """The files predict wrote anywhere under ``folder``, as its manifests there record them."""
-    return {manifest.parent / name for manifest in folder.rglob(MANIFEST_NAME) for name in _recorded(manifest.parent)}
-
-
 def _recorded(folder: Path) -> set[str]:
     """The names (relative to ``folder``) that predict recorded writing there; with an older folder that has
     no manifest, the masks its predictions.csv lists and their overlays."""
-    names: set[str] = set()
-    try:
-        with open(folder / MANIFEST_NAME, encoding="utf-8", errors="surrogateescape") as handle:
-            for line in handle:
-                try:
-                    name = json.loads(line)
-                except ValueError:  # a line cut short by a kill
-                    continue
-                if isinstance(name, str):
-                    names.add(name)
-    except (FileNotFoundError, NotADirectoryError):
-        pass
+    names = recorded_outputs(folder)
     if _is_our_csv(folder / CSV_NAME) and CSV_NAME not in names:
         with open(folder / CSV_NAME, encoding="utf-8", errors="surrogateescape", newline="") as handle:
             masks = [row.get("mask") or "" for row in csv.DictReader(handle)]
