@@ -262,6 +262,20 @@ def test_a_fifo_named_on_the_command_line_is_refused_not_waited_on(tmp_path, mod
     assert len(csv_rows(tmp_path / "out" / "predictions.csv")) == 3
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_in_a_folder_is_reported_not_waited_on(tmp_path, model, images):
+    os.mkfifo(images / "pipe.png")
+    result = run("predict", model, images, "-o", tmp_path / "out", "--no-progress", timeout=120)
+    assert_one_line(result, 1, "pipe.png", "not a regular file")
+    assert len(csv_rows(tmp_path / "out" / "predictions.csv")) == 3
+
+
+def test_a_16_bit_pgm_in_a_folder_is_predicted(tmp_path, model, images):
+    _pgm16(images / "sixteen.pgm", GRAY.astype(np.uint16) * 257)
+    assert_one_line(run("predict", model, images, "-o", tmp_path / "out", "--no-progress"), 0)
+    assert (tmp_path / "out" / "sixteen_mask.png").is_file()
+
+
 def test_a_broken_symlink_in_a_folder_is_reported(tmp_path, model, images):
     (images / "gone.png").symlink_to(tmp_path / "nowhere.png")
     result = run("predict", model, images, "-o", tmp_path / "out", "--no-progress")

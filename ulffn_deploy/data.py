@@ -25,7 +25,7 @@ from typing import TypeVar, overload
 import numpy as np
 
 from ulffn_deploy.errors import UlffnError
-from ulffn_deploy.imageio import IMAGE_SUFFIXES, is_broken_link, read_mask, read_rgb
+from ulffn_deploy.imageio import IMAGE_SUFFIXES, read_mask, read_rgb
 
 YEARS = (2016, 2017)
 SPLITS = ("train", "val", "test")
@@ -89,7 +89,7 @@ def _scan(folder: Path, pattern: re.Pattern[str], suffixes: tuple[str, ...]) -> 
     found: dict[str, Path] = {}
     for path in folder.iterdir():
         match = pattern.match(path.stem)
-        if not match or path.suffix.lower() not in suffixes or not (path.is_file() or is_broken_link(path)):
+        if not match or path.suffix.lower() not in suffixes or path.is_dir():
             continue
         isic_id = "ISIC_" + match.group(1)[5:]
         if isic_id in found:

@@ -15,21 +15,21 @@ from PIL import Image
 
 from ulffn_deploy.errors import UlffnError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 OUTPUTS_MANIFEST = ".ulffn-predict-outputs"  # in a folder predict wrote to: one JSON string per line, a file it wrote
 
 
 def image_files(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
     """The image files in ``folder`` (by suffix, any case), sorted; with ``recursive`` also in sub-folders.
 
-    Broken symbolic links with an image suffix are listed too, so that reading them reports them. Files that
+    Broken symbolic links, FIFOs and devices with an image suffix are listed too, so that reading them reports
+    them. Files that
     predict wrote (its masks and overlays, listed in OUTPUTS_MANIFEST beside them) are no input and left out."""
     folder = Path(folder)
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     manifests = folder.rglob(OUTPUTS_MANIFEST) if recursive else [folder / OUTPUTS_MANIFEST]
     outputs = {manifest.parent / name for manifest in manifests for name in recorded_outputs(manifest.parent)}
-    return sorted(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or is_broken_link(p))
-                  and p not in outputs)
+    return sorted(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir() and p not in outputs)
 
 
 def recorded_outputs(folder: Path) -> set[str]:
