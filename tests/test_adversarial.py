@@ -29,6 +29,7 @@ from PIL import Image
 from tiny_models import sample_images, tiny_checkpoint, tiny_onnx
 
 from ulffn_deploy.errors import UlffnError
+from ulffn_deploy.predict import MANIFEST_NAME
 
 # ---- helpers -----------------------------------------------------------------------------------
 
@@ -290,6 +291,7 @@ def test_predict_onto_a_full_disk(tmp_path, model, images):
     out = tmp_path / "out"
     out.mkdir()
     (out / "ISIC_0000000_mask.png").write_bytes(b"earlier good mask")
+    (out / MANIFEST_NAME).write_text('"ISIC_0000000_mask.png"\n')  # written by an earlier predict
     result = run("predict", model, images, "-o", out, "--no-progress", full_disk=True)
     assert_one_line(result, 2, str(out), "space")
     assert (out / "ISIC_0000000_mask.png").read_bytes() == b"earlier good mask"

@@ -18,6 +18,7 @@ from ulffn_deploy.preprocess import FIT_MODES
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("adam", "sgd")
 # fields a resumed run does not take over from the stored training arguments
+MAX_WIDTH = 256  # the model's weights grow with the width squared: 256 is 16x the paper's model, already ~GBs to train
 _NOT_INHERITED = frozenset({"data", "out", "preset", "resume", "overwrite", "max_steps", "quiet"})
 
 
@@ -49,7 +50,7 @@ class TrainConfig:
     device: str = "auto"
     resume: bool = False
     overwrite: bool = False
-    max_steps: int = 0  # stop (with a snapshot in last.pt) after this many optimizer steps; 0: no limit
+    max_steps: int | None = None  # stop (with a snapshot in last.pt) after this many optimizer steps; None: no limit
     snapshot_every: int = 0  # also write last.pt every this many steps within an epoch; 0: at epoch ends only
     quiet: bool = False
 
@@ -145,6 +146,7 @@ def validate(config: TrainConfig) -> None:
     """Raise a UlffnError naming the first option whose value cannot work."""
     config.model_config  # noqa: B018 - validates variant and width
     checks = [
+        (config.width <= MAX_WIDTH, "--width", f"a multiple of 8 up to {MAX_WIDTH} (the paper's is 64)"),
         (config.year in (2016, 2017), "--year", "2016 or 2017"),
         (0 < config.size <= MAX_INPUT_SIZE and config.size % OUTPUT_STRIDE == 0, "--size",
          f"a positive multiple of {OUTPUT_STRIDE} up to {MAX_INPUT_SIZE}"),
@@ -160,7 +162,7 @@ def validate(config: TrainConfig) -> None:
         (config.workers >= 0, "--workers", "0 or more"),
         (config.grad_clip >= 0, "--grad-clip", "0 (off) or positive"),
         (config.device in DEVICES, "--device", " or ".join(DEVICES)),
-        (config.max_steps >= 0, "--max-steps", "0 (no limit) or positive"),
+        (config.max_steps is None or config.max_steps >= 1, "--max-steps", "a positive number (leave it out for no limit)"),
         (config.snapshot_every >= 0, "--snapshot-every", "0 (off) or positive"),
     ]
     for ok, option, expected in checks:

@@ -39,8 +39,23 @@ FOLDERS: dict[tuple[int, str], tuple[str, str]] = {
     (2017, "test"): ("ISIC-2017_Test_v2_Data", "ISIC-2017_Test_v2_Part1_GroundTruth"),
 }
 
+# ISIC file naming, known here only: images ISIC_0000000.jpg, masks ISIC_0000000_Segmentation.png (2016) or
+# _segmentation.png (2017); 2017 image folders also hold ISIC_0000000_superpixels.png
+ISIC_ID = re.compile(r"ISIC_\d{7}")
+MASK_SUFFIX = "_segmentation"  # any case
+_AUXILIARY_SUFFIXES = (MASK_SUFFIX, "_superpixels")
 _IMAGE_NAME = re.compile(r"^(ISIC_\d{7})$", re.IGNORECASE)
-_MASK_NAME = re.compile(r"^(ISIC_\d{7})_segmentation$", re.IGNORECASE)
+_MASK_NAME = re.compile(r"^(ISIC_\d{7})" + MASK_SUFFIX + "$", re.IGNORECASE)
+
+
+def is_isic_auxiliary(name: str) -> bool:
+    """An ISIC mask or superpixel map (an image file that is no dermoscopy image), by its file name."""
+    return Path(name).stem.lower().endswith(_AUXILIARY_SUFFIXES)
+
+
+def label_names(stem: str) -> tuple[str, ...]:
+    """The file names a ground-truth mask of image ``stem`` may have, in order of preference."""
+    return (f"{stem}_Segmentation.png", f"{stem}{MASK_SUFFIX}.png", f"{stem}_mask.png", f"{stem}.png")
 _SYNTH_HINT = ("give the folder that holds the unzipped ISIC folders, "
                "or make a synthetic set with 'ulffn-deploy synth DIR'")
 _LISTED_IDS = 5
@@ -74,7 +89,7 @@ def _scan(folder: Path, pattern: re.Pattern[str], suffixes: tuple[str, ...]) -> 
     found: dict[str, Path] = {}
     for path in folder.iterdir():
         match = pattern.match(path.stem)
-        if not match or path.suffix.lower() not in suffixes or not path.is_file():
+        if not match or path.suffix.lower() not in suffixes or path.is_dir():
             continue
         isic_id = "ISIC_" + match.group(1)[5:]
         if isic_id in found:

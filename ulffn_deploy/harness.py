@@ -35,15 +35,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ulffn_deploy.data import FOLDERS, YEARS, IsicSegmentation
+from ulffn_deploy.data import FOLDERS, YEARS, IsicSegmentation, Sample, is_isic_auxiliary, load_sample
 from ulffn_deploy.errors import UlffnError
-from ulffn_deploy.imageio import image_files, read_mask, read_rgb
+from ulffn_deploy.imageio import image_files, read_rgb
 from ulffn_deploy.metrics import image_metrics, mean_metrics
 from ulffn_deploy.preprocess import (
     DEFAULT_FIT_MODE,
     FIT_MODES,
     Placement,
     Preprocessing,
+    check_batch_size,
     lesion_probability_to_original,
 )
 
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 
 WORST_SHOWN = 3
 THRESHOLD = 0.5  # lesion probability above which a pixel is lesion, everywhere in the toolkit
-NOT_IMAGES = ("_segmentation", "_superpixels")  # ISIC masks and 2017 superpixel maps in image folders
 DATA_HINT = "give an ISIC folder or a folder of .jpg/.png images ('ulffn-deploy synth DIR' makes one)"
 
 # -- images --------------------------------------------------------------------------------------------
@@ -79,14 +79,9 @@ class Item:
             seed, index, size = self.render
             return render_sample(np.random.default_rng([seed, index]), size)
         assert self.image_path is not None
-        image = read_rgb(self.image_path)
         if self.mask_path is None:
-            return image, None
-        mask = read_mask(self.mask_path)
-        if mask.shape != image.shape[:2]:
-            raise UlffnError(f"{self.mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is "
-                             f"{image.shape[0]}x{image.shape[1]}", "masks must have the size of their image")
-        return image, mask
+            return read_rgb(self.image_path), None
+        return load_sample(Sample(self.id, self.image_path, self.mask_path))
 
 
 @dataclass
@@ -132,8 +127,7 @@ class ImageSource:
 
     def batches(self, batch_size: int, preprocessing: Preprocessing) -> Iterator[Batch]:
         """The images ``batch_size`` at a time, read and preprocessed."""
-        if batch_size < 1:
-            raise UlffnError(f"batch size {batch_size} is not positive")
+        check_batch_size(batch_size)
         for first in range(0, len(self.items), batch_size):
             chunk = list(self.items[first : first + batch_size])
             loaded = [item.load() for item in chunk]
@@ -146,6 +140,7 @@ class ImageSource:
         for latency measurements."""
         if not self.items:
             raise UlffnError(f"no images in {self.description}")
+        check_batch_size(batch_size)
         chosen = [self.items[i % len(self.items)] for i in range(batch_size)]
         return preprocessing([item.load()[0] for item in chosen])[0]
 
@@ -186,7 +181,7 @@ def isic_source(root: str | os.PathLike[str], year: int | None = None, split: st
 def folder_source(root: str | os.PathLike[str]) -> ImageSource:
     """Every image file directly in ``root`` (ISIC masks and superpixel maps left out), without labels."""
     root = Path(root)
-    files = [p for p in image_files(root) if not p.stem.lower().endswith(NOT_IMAGES)]
+    files = [p for p in image_files(root) if not is_isic_auxiliary(p.name)]
     return ImageSource(tuple(Item(p.stem, p) for p in files), f"image folder {root} ({len(files)} images, without labels)")
 
 
@@ -278,6 +273,7 @@ class Comparison:
     worst: list[ImageAgreement]
     per_image: list[ImageAgreement] = field(repr=False)
     metrics: dict[str, dict[str, float]] | None  # {"reference": ..., "candidate": ...} when every image has a label
+    non_finite: int = 0  # output pixels (of either model) that are NaN or infinite: counted as error 1, never lesion
 
     @property
     def label_dice_drop(self) -> float | None:
@@ -308,10 +304,14 @@ def preprocessing_of(segmenter: Segmenter, fit_mode: str | None = None) -> Prepr
 
 def _same_input(reference: Segmenter, candidate: Segmenter) -> None:
     ref, cand = reference.metadata, candidate.metadata
-    if ref.input_size != cand.input_size or ref.normalization != cand.normalization:
-        raise UlffnError(f"{candidate.path.name} and {reference.path.name} take different inputs "
-                         f"({cand.input_size} px vs {ref.input_size} px, or other normalisation)",
-                         "compare an artifact with the checkpoint it was exported from")
+    if ref.input_size != cand.input_size:
+        difference = f"{cand.input_size} px vs {ref.input_size} px"
+    elif ref.normalization != cand.normalization:
+        difference = f"normalisation {cand.normalization.to_dict()} vs {ref.normalization.to_dict()}"
+    else:
+        return
+    raise UlffnError(f"{candidate.path.name} and {reference.path.name} take different inputs ({difference})",
+                     "compare an artifact with the checkpoint it was exported from")
 
 
 class _Tally:
@@ -321,9 +321,12 @@ class _Tally:
         self.errors = _ErrorHistogram()
         self.rows: list[ImageAgreement] = []
         self.scores: dict[str, list[dict[str, float]]] = {"reference": [], "candidate": []}
+        self.non_finite = 0
 
     def add(self, batch: Batch, reference: np.ndarray, candidate: np.ndarray, ref_masks: list | None) -> None:
-        errors = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+        invalid = ~(np.isfinite(reference) & np.isfinite(candidate))
+        self.non_finite += int(invalid.sum())
+        errors = np.where(invalid, 1.0, np.abs(reference.astype(np.float64) - candidate.astype(np.float64)))
         self.errors.add(errors)
         masks = _original_size_masks(candidate, batch) if ref_masks is not None else None
         for i, item in enumerate(batch.items):
@@ -349,6 +352,7 @@ class _Tally:
             mask_dice=float(np.mean([r.mask_dice for r in rows])), mask_dice_min=ranked[0].mask_dice,
             mask_iou=float(np.mean([r.mask_iou for r in rows])), worst=ranked[:worst], per_image=rows,
             metrics={k: mean_metrics(v) for k, v in self.scores.items()} if labelled else None,
+            non_finite=self.non_finite,
         )
 
 
@@ -504,6 +508,8 @@ def check(comparison: Comparison, tolerance: Tolerance) -> list[Check]:
               agreement >= tolerance.min_mask_agreement),
         Check("probability error p99", p99, "<=", tolerance.max_p99_abs_diff, p99 <= tolerance.max_p99_abs_diff),
     ]
+    if comparison.non_finite:  # a model that outputs NaN or infinity has failed, whatever the other gates say
+        checks.append(Check("non-finite outputs (pixels)", comparison.non_finite, "<=", 0, False))
     if tolerance.max_label_dice_drop is not None:
         drop = comparison.label_dice_drop
         limit = tolerance.max_label_dice_drop

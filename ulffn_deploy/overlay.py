@@ -25,7 +25,6 @@ PROBABILITY_ALPHA = 0.55  # opacity of the shading where the lesion probability 
 OUTLINE_WIDTH = 2  # pixels, inside the mask's edge
 JPEG_ABOVE_PIXELS = 4_000_000  # larger overlays are JPEG: a PNG of a 20 MP photo is tens of MB
 OVERLAY_MODES = ("contour", "probability")
-LABEL_NAMES = ("{stem}_Segmentation.png", "{stem}_segmentation.png", "{stem}_mask.png", "{stem}.png")
 
 
 @dataclass(frozen=True)
@@ -121,8 +120,10 @@ def find_label(image_path: Path, labels: Path | None = None) -> Path | None:
 
 
 def _first_file(folder: Path, stem: str) -> Path | None:
-    for pattern in LABEL_NAMES:
-        candidate = folder / pattern.format(stem=stem)
+    from ulffn_deploy.data import label_names
+
+    for name in label_names(stem):
+        candidate = folder / name
         if candidate.is_file():
             return candidate
     return None

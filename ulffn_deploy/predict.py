@@ -9,12 +9,19 @@ batches) and the table is compacted to the latest row per mask at the end. A bat
 written under a lock on the output folder, so runs sharing a folder keep each other's rows. Images over
 NETWORK_MAX_SIDE pixels on a side are decoded at reduced scale; their masks are scaled back to the original
 size (their overlays are drawn on the reduced image).
+
+Predict never overwrites a file it did not write, and never reads its outputs as inputs: every file it writes
+is recorded (before it is written) in the output folder's MANIFEST_NAME; a run whose output names are taken
+by other files stops before it writes anything, and folders are searched without the files their manifests
+list (``-o`` may be the input folder, or inside it). A row whose model output is NaN or infinite is marked
+in the CSV's ``warning`` column and reported; the run then exits 1 like one with skipped files.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,11 +34,21 @@ from PIL import Image
 
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import check_writable_folder, output_errors, write_text_atomic
-from ulffn_deploy.imageio import IMAGE_SUFFIXES, image_files, read_rgb_reduced, write_mask
+from ulffn_deploy.imageio import (
+    IMAGE_SUFFIXES,
+    OUTPUTS_MANIFEST,
+    image_files,
+    read_rgb_reduced,
+    recorded_outputs,
+    write_mask,
+)
 from ulffn_deploy.overlay import OverlayStyle, write_overlay
+from ulffn_deploy.preprocess import check_batch_size
 
 CSV_NAME = "predictions.csv"
-CSV_COLUMNS = ("file", "mask", "height", "width", "lesion_pixels", "lesion_fraction", "mean_lesion_probability")
+CSV_COLUMNS = ("file", "mask", "height", "width", "lesion_pixels", "lesion_fraction", "mean_lesion_probability",
+               "warning")
+MANIFEST_NAME = OUTPUTS_MANIFEST
 NETWORK_MAX_SIDE = 2048  # larger images are decoded reduced: the network input is at most 2048 px (512 in the paper)
 
 
@@ -44,6 +61,7 @@ class PredictSummary:
     info: dict[str, Any]
     predicted: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    non_finite: list[Path] = field(default_factory=list)  # predicted, but the model's output was NaN or infinite
 
     @property
     def csv_path(self) -> Path:
@@ -51,6 +69,7 @@ class PredictSummary:
 
     def line(self) -> str:
         failed = f", {len(self.failed)} failed" if self.failed else ""
+        failed += f", {len(self.non_finite)} with non-finite model output" if self.non_finite else ""
         return (f"predicted {len(self.predicted)} image(s){failed} with {self.artifact.name} "
                 f"({self.info['backend']}, {self.info['precision']}, fit {self.info['fit_mode']}) -> {self.out_dir}")
 
@@ -66,7 +85,7 @@ def collect_images(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path,
     found: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files = image_files(item, recursive=True)
+            files = image_files(item, recursive=True)  # without predict's recorded outputs
             found += [(p, p.relative_to(item).with_suffix("")) for p in files]
         elif item.exists():
             found.append((item, Path(item.stem)))
@@ -79,6 +98,49 @@ def collect_images(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path,
     keyed = [(path, key.with_name(f"{key.name}_{path.suffix.lstrip('.')}") if counts[key] > 1 else key)
              for path, key in found]
     return _unique_keys(keyed)
+
+
+def _recorded(folder: Path) -> set[str]:
+    """The names (relative to ``folder``) that predict recorded writing there; with an older folder that has
+    no manifest, the masks its predictions.csv lists and their overlays."""
+    names = recorded_outputs(folder)
+    if _is_our_csv(folder / CSV_NAME) and CSV_NAME not in names:
+        with open(folder / CSV_NAME, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+            masks = [row.get("mask") or "" for row in csv.DictReader(handle)]
+        names |= {CSV_NAME, *(name for mask in masks if mask.endswith("_mask.png")
+                              for name in _output_names(Path(mask.removesuffix("_mask.png"))))}
+    return names
+
+
+def _is_our_csv(path: Path) -> bool:
+    """A predictions table of predict's (of any layout it wrote, or left empty by a kill)."""
+    if not path.is_file():
+        return False
+    header = _header(path)
+    return header is None or (header[:1] == ["file"] and set(header) <= set(CSV_COLUMNS))
+
+
+def _output_names(key: Path) -> tuple[str, ...]:
+    """Every name the outputs of ``key`` may have (the overlay is a .jpg for large images)."""
+    return tuple(f"{key.as_posix()}{suffix}" for suffix in ("_mask.png", "_overlay.png", "_overlay.jpg"))
+
+
+def _refuse_foreign_files(out: Path, keys: Iterable[Path]) -> None:
+    """UlffnError naming the first file at one of the run's output names that predict did not write."""
+    recorded = _recorded(out)
+    for name in (CSV_NAME, *(name for key in keys for name in _output_names(key))):
+        path = out / name
+        if name not in recorded and (path.exists() or path.is_symlink()):
+            raise UlffnError(f"{path} exists and was not written by predict; predict does not overwrite it",
+                             "choose another output folder (-o), or move that file")
+
+
+def _record(out: Path, names: Iterable[str]) -> None:
+    """Add ``names`` to the output folder's manifest (before the files are written: a kill leaves no file
+    of predict's unrecorded)."""
+    lines = "".join(json.dumps(name) + "\n" for name in names)
+    with output_errors(out / MANIFEST_NAME), open(out / MANIFEST_NAME, "a", encoding="utf-8") as handle:
+        handle.write(lines)
 
 
 def _unique_keys(keyed: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
@@ -103,6 +165,7 @@ def image_row(name: str, probability: np.ndarray, mask: np.ndarray, mask_name: s
     ``probability`` may be a reduced-size map of a large image; ``mask`` is at the image's size."""
     pixels = int(mask.sum())
     reduced_mask = probability > 0.5
+    non_finite = int(np.count_nonzero(~np.isfinite(probability)))
     return {
         "file": name,
         "mask": mask_name,
@@ -111,6 +174,7 @@ def image_row(name: str, probability: np.ndarray, mask: np.ndarray, mask_name: s
         "lesion_pixels": pixels,
         "lesion_fraction": f"{pixels / mask.size:.6f}",
         "mean_lesion_probability": f"{float(probability[reduced_mask].mean()):.6f}" if reduced_mask.any() else "",
+        "warning": f"model output is NaN or infinite at {non_finite} of {probability.size} pixels" if non_finite else "",
     }
 
 
@@ -133,8 +197,7 @@ def predict_paths(artifact: str | os.PathLike[str] | None, inputs: Sequence[str 
     from ulffn_deploy.runtime import Segmenter
     from ulffn_deploy.targets.registry import default_artifact
 
-    if batch_size < 1:
-        raise UlffnError(f"batch size {batch_size} is not positive")
+    check_batch_size(batch_size)
     images = collect_images(inputs)
     if not images:
         raise UlffnError(f"no images found in {', '.join(map(str, inputs))}", f"images end in {', '.join(IMAGE_SUFFIXES)}")
@@ -144,22 +207,38 @@ def predict_paths(artifact: str | os.PathLike[str] | None, inputs: Sequence[str 
         summary = PredictSummary(artifact, out, segmenter.info)
         drawing = _Drawing(overlay_style or OverlayStyle(), f"{artifact.name} {segmenter.precision}", report)
         check_writable_folder(out)
+        with _folder_lock(out):
+            _refuse_foreign_files(out, (key for _, key in images))
+            if CSV_NAME not in _recorded(out):
+                _record(out, [CSV_NAME])
         bar = _progress(len(images), progress)
         for batch in _batches(images, batch_size):
             loaded = _read_batch(batch, summary, report)
             if loaded:
                 probabilities = segmenter.predict_probabilities([image for _, _, image, _ in loaded])
                 with _folder_lock(out):
+                    _record(out, (name for _, key, _, _ in loaded for name in _output_names(key)))
                     rows = [_write_outputs(out, path, key, image, probability, original, drawing)
                             for (path, key, image, original), probability in zip(loaded, probabilities)]
                     _append_rows(summary.csv_path, rows)
                 summary.predicted += [path for path, _, _, _ in loaded]
+                _report_non_finite(loaded, rows, summary, report)
             bar.update(len(batch))
         bar.close()
     if summary.predicted:
         with _folder_lock(out):
             _compact_csv(summary.csv_path)
     return summary
+
+
+def _report_non_finite(loaded: Sequence[tuple[Path, Path, np.ndarray, tuple[int, int]]],
+                       rows: Sequence[dict[str, Any]], summary: PredictSummary,
+                       report: Callable[[str], None] | None) -> None:
+    for (path, _, _, _), row in zip(loaded, rows):
+        if row["warning"]:
+            summary.non_finite.append(path)
+            if report:
+                report(f"warning: {printable(path)}: {row['warning']}; its mask is background there")
 
 
 def _read_batch(batch: Sequence[tuple[Path, Path]], summary: PredictSummary,

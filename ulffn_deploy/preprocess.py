@@ -19,6 +19,19 @@ from ulffn_deploy.errors import UlffnError
 
 # every command's default (evaluate, verify, predict, benchmark, the harness): the whole field of view
 DEFAULT_FIT_MODE = "full"
+# Bounds checked before anything is allocated. A paper fit resizes the shorter side to the input size, so a
+# 1 x 400000 image would become 512 x 204800000: the resized image may have at most MAX_RESIZED_PIXELS (64 MP,
+# 768 MB as float32 RGB; an aspect ratio of 256 at 512 px). A batch holds at most MAX_BATCH_SIZE images.
+MAX_RESIZED_PIXELS = 1 << 26
+MAX_BATCH_SIZE = 256
+
+
+def check_batch_size(batch_size: int) -> int:
+    """``batch_size`` when it is in 1..MAX_BATCH_SIZE, else a UlffnError."""
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise UlffnError(f"batch size {batch_size} is not in 1..{MAX_BATCH_SIZE}",
+                         f"use a batch size from 1 to {MAX_BATCH_SIZE}")
+    return batch_size
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,10 @@ def placement_for(height: int, width: int, size: int = DEFAULT_SIZE, mode: str =
         return Placement((height, width), (size, size), (0, 0), size)
     scale = size / min(height, width)
     resized = (max(size, round(height * scale)), max(size, round(width * scale)))
+    if resized[0] * resized[1] > MAX_RESIZED_PIXELS:
+        raise UlffnError(f"image of size {height}x{width} is too elongated for fit 'paper' at {size} px (it would be "
+                         f"resized to {resized[0]}x{resized[1]}, over {MAX_RESIZED_PIXELS >> 20} MP)",
+                         "use fit 'full' (--fit full), or crop the image first")
     top_left = ((resized[0] - size) // 2, (resized[1] - size) // 2)
     return Placement((height, width), resized, top_left, size)
 

@@ -23,8 +23,10 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
         sizes = tuple(int(part) for part in value.split(",") if part.strip())
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of integers", ctx, param) from None
-    if not sizes or min(sizes) < 1:
-        raise click.BadParameter(f"{value!r}: batch sizes must be positive", ctx, param)
+    from ulffn_deploy.preprocess import MAX_BATCH_SIZE
+
+    if not sizes or min(sizes) < 1 or max(sizes) > MAX_BATCH_SIZE:
+        raise click.BadParameter(f"{value!r}: batch sizes must be from 1 to {MAX_BATCH_SIZE}", ctx, param)
     return tuple(dict.fromkeys(sizes))
 
 

@@ -6,13 +6,16 @@ import sys
 
 import click
 
+from ulffn_deploy.preprocess import MAX_BATCH_SIZE
 from ulffn_deploy.targets.registry import DEFAULT_RULE
 
 HELP = f"""Segment images: predict [MODEL] IMAGES_OR_FOLDERS... -o OUT.
 
 MODEL is any artifact the registry knows (.engine TensorRT, .onnx ONNX Runtime, .pt PyTorch, ...). Without
 it, --artifacts' default artifact is used: {DEFAULT_RULE}. Folders are searched recursively. Files that
-cannot be read are reported and skipped; the exit code is then 1.
+cannot be read are reported and skipped; images whose model output is NaN or infinite are reported and
+their rows marked in predictions.csv; the exit code is then 1. Predict never overwrites a file it did not write.
+
 """
 
 
@@ -22,7 +25,8 @@ cannot be read are reported and skipped; the exit code is then 1.
               help="Folder for <name>_mask.png, <name>_overlay.png (.jpg for images over 4 MP) and predictions.csv.")
 @click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(file_okay=False),
               help="Where to look for a model when none is named.")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Images per inference call.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, MAX_BATCH_SIZE),
+              help="Images per inference call.")
 @click.option("--fit", "fit_mode", type=click.Choice(("full", "paper")), default="full", show_default=True,
               help="full: resize the whole image to the model's input; paper: resize the shorter side and centre-crop "
                    "(outside the crop is background).")
@@ -70,5 +74,5 @@ def command(paths: tuple[str, ...], out_dir: str, artifacts: str, batch_size: in
     summary = predict_paths(artifact, inputs, out_dir, batch_size=batch_size, fit_mode=fit_mode, progress=progress,
                             report=lambda line: click.echo(line, err=True), overlay_style=style, **options)
     click.echo(f"{summary.line()}; table: {summary.csv_path}")
-    if summary.failed:
+    if summary.failed or summary.non_finite:
         sys.exit(1)

@@ -9,11 +9,11 @@ from typing import Any
 
 import click
 
+from ulffn_deploy.data import ISIC_ID
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.imageio import read_mask
 from ulffn_deploy.metrics import format_table, image_metrics, mean_metrics
 
-ISIC_ID = re.compile(r"ISIC_\d{7}")
 _NOT_MASKS = re.compile(r"superpixels|_overlay$", re.IGNORECASE)  # ISIC 2017 superpixels; predict's overlays
 
 

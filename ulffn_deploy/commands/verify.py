@@ -7,7 +7,7 @@ import sys
 import click
 
 from ulffn_deploy.harness import tolerance_defaults
-from ulffn_deploy.preprocess import DEFAULT_FIT_MODE, FIT_MODES
+from ulffn_deploy.preprocess import DEFAULT_FIT_MODE, FIT_MODES, MAX_BATCH_SIZE
 from ulffn_deploy.targets.registry import DEFAULT_RULE
 
 HELP = f"""Run ARTIFACT and its reference (the PyTorch checkpoint; an imported model's FP32 ONNX) on the same
@@ -32,7 +32,7 @@ ARTIFACT defaults to the default artifact of ARTIFACTS: {DEFAULT_RULE}. Exit sta
 @click.option("--num-images", type=click.IntRange(min=1), help="Use only the first N images.  [default: all]")
 @click.option("--fit", "fit_mode", type=click.Choice(FIT_MODES), default=DEFAULT_FIT_MODE, show_default=True,
               help="How images fit the input (as predict --fit); label metrics are scored at the original size.")
-@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, MAX_BATCH_SIZE))
 @click.option("--warmup", type=click.IntRange(min=0), help="Warm-up calls before timing.")
 @click.option("--warmup-ms", type=click.FloatRange(min=0), help="Warm-up time before timing.  [default: 200]")
 @click.option("--iterations", type=click.IntRange(min=1),

@@ -9,6 +9,7 @@ function that needs it, so importing this module stays light (docs/architecture.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -61,6 +62,7 @@ class ArtifactMetadata:
             model_config = _as(ModelConfig, fields["model_config"]) if fields.get("model_config") else None
         except (TypeError, ValueError, UlffnError) as exc:
             raise UlffnError(f"{source}: unreadable ulffn metadata ({exc})") from exc
+        _check_finite(normalization, source)
         check_input_size(input_size, source)
         fit_mode, precision = str(fields["fit_mode"]), str(fields["precision"])
         if fit_mode not in FIT_MODES or precision not in PRECISIONS:
@@ -129,6 +131,15 @@ def _our_fields(data: Mapping[str, Any], source: str | os.PathLike[str]) -> dict
     return fields
 
 
+def _check_finite(normalization: Normalization, source: str | os.PathLike[str]) -> None:
+    """Refuse NaN or infinite normalisation (JSON lets ``NaN`` and ``Infinity`` through), naming the field."""
+    for name in ("mean", "std"):
+        values = getattr(normalization, name)
+        if not all(math.isfinite(value) for value in values):
+            raise UlffnError(f"{source}: normalization {name} {list(values)} in its metadata is not finite",
+                             "the file was altered or not written by ulffn-deploy; use the original or export it again")
+
+
 def check_input_size(size: Any, source: str | os.PathLike[str]) -> int:
     """``size`` as an int; refuses one no ULFFN model has, before anything is allocated for it (crafted metadata)."""
     try:
@@ -183,7 +194,8 @@ def _sidecar_field_problem(data: Mapping[str, Any]) -> str | None:
     version, gpu, flags = data.get("version"), data.get("gpu"), data.get("build_flags")
     if type(version) is not int:  # noqa: E721 - bool and float are not versions
         return f"sidecar version {_short(version)} is not an integer"
-    for name, value in (("gpu", gpu), ("build_flags", flags)):
+    objects = {"gpu": gpu, "build_flags": flags, **{key: data.get(key) for key in ("ir", "cpu", "source_onnx")}}
+    for name, value in objects.items():
         if value is not None and not isinstance(value, dict):
             return f"sidecar field {name} is {_short(value)}, not an object"
     capability = (gpu or {}).get("compute_capability")
