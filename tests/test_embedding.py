@@ -58,8 +58,8 @@ def test_cpu_device_builds_and_predicts_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.heavy == []
     assert "with model.fp32.ort.onnx (onnxruntime, fp32" in result.stdout  # the built artifact is preferred
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["lesion_mask.png", "lesion_overlay.png",
-                                                                   "predictions.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".ulffn-predict-outputs", "lesion_mask.png",
+                                                                   "lesion_overlay.png", "predictions.csv"]
 
 
 def test_engine_path_needs_no_onnxruntime(tmp_path):
