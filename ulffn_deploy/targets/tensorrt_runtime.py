@@ -30,12 +30,8 @@ import numpy as np
 from ulffn_deploy.devices import import_tensorrt_runtime, is_lean
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.runtime.base import Segmenter, check_declared_input
-from ulffn_deploy.runtime.metadata import (
-    ArtifactMetadata,
-    engine_compatibility_problem,
-    read_sidecar,
-    shown_build_command,
-)
+from ulffn_deploy.runtime.metadata import ArtifactMetadata, read_sidecar, shown_build_command
+from ulffn_deploy.targets.tensorrt_compat import engine_compatibility_problem, rtx_engine_problem
 
 if TYPE_CHECKING:  # the stubs type the objects; the module itself comes from tensorrt_module()
     import tensorrt
