@@ -87,8 +87,8 @@ class TensorRTTarget(Target):
         """What the sidecar says against this GPU and TensorRT version, checked without deserializing."""
         from ulffn_deploy.devices import import_tensorrt_runtime, is_lean
         from ulffn_deploy.runtime.metadata import read_sidecar
-        from ulffn_deploy.targets.tensorrt_compat import engine_compatibility_problem
         from ulffn_deploy.targets.cuda import device_properties
+        from ulffn_deploy.targets.tensorrt_compat import engine_compatibility_problem
         from ulffn_deploy.targets.tensorrt_runtime import lean_runtime_problem
 
         try:

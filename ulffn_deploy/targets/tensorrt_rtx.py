@@ -105,9 +105,9 @@ class TensorRTRTXTarget(Target):
     def load(self, path: Path, **options: Any) -> Segmenter:
         """A TrtSegmenter on ``tensorrt_rtx``; ``runtime_cache``, ``cuda_graph_strategy`` and
         ``kernel_specialization`` override what the sidecar recorded at build time."""
-        from ulffn_deploy.targets.tensorrt_runtime import TrtSegmenter
+        from ulffn_deploy.targets.tensorrt_runtime import RtxSegmenter
 
-        return TrtSegmenter(path, runtime="rtx", **options)
+        return RtxSegmenter(path, **options)
 
     def build(self, source_onnx: Path, output: Path | None, options: Mapping[str, Any], command: Sequence[str]) -> Path:
         return build_rtx_engine(source_onnx, output, options, command=command)
