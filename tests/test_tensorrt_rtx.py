@@ -204,3 +204,25 @@ def test_runtime_cache_file_from_two_writing_processes_is_always_whole(tmp_path)
     assert read_shared_file(cache) in (b"\x02" * 2_000_000, b"\x03" * 2_000_000)
     assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name, cache.name + ".lock"]  # no temp files
     assert read_shared_file(tmp_path / "absent") is None
+
+
+def test_every_tensorrt_rtx_name_the_target_and_runtime_use_exists_in_the_installed_module():
+    """The runtime half cannot run here (no GPU), so each TensorRT-RTX name it uses is looked up in the real bindings."""
+    from ulffn_deploy.targets.tensorrt_rtx import CAPABILITIES, CUDA_GRAPH_STRATEGIES, KERNEL_SPECIALIZATIONS
+
+    used = {
+        "ComputeCapability": set(CAPABILITIES.values()),
+        "CudaGraphStrategy": set(CUDA_GRAPH_STRATEGIES.values()),
+        "DynamicShapesKernelSpecializationStrategy": set(KERNEL_SPECIALIZATIONS.values()),
+        "ICudaEngine": {"create_runtime_config", "create_execution_context", "get_tensor_profile_shape"},
+        "IRuntimeConfig": {"create_runtime_cache", "set_runtime_cache", "cuda_graph_strategy",
+                           "dynamic_shapes_kernel_specialization_strategy"},
+        "IRuntimeCache": {"serialize", "deserialize"},
+        "IBuilderConfig": {"num_compute_capabilities", "set_compute_capability", "set_memory_pool_limit",
+                           "builder_optimization_level", "add_optimization_profile"},
+        "MemoryPoolType": {"WORKSPACE"},
+        "NetworkDefinitionCreationFlag": {"STRONGLY_TYPED"},
+        "Runtime": {"deserialize_cuda_engine", "engine_host_code_allowed"},
+    }
+    missing = sorted(f"{cls}.{name}" for cls, names in used.items() for name in names if not hasattr(getattr(trt, cls), name))
+    assert missing == []
