@@ -226,3 +226,8 @@ def test_every_tensorrt_rtx_name_the_target_and_runtime_use_exists_in_the_instal
     }
     missing = sorted(f"{cls}.{name}" for cls, names in used.items() for name in names if not hasattr(getattr(trt, cls), name))
     assert missing == []
+
+
+def test_two_cuda_graph_captures_are_refused_before_the_gpu_is_touched(engines):
+    with pytest.raises(UlffnError, match="use_cuda_graph and TensorRT-RTX's own CUDA-graph strategy exclude each other"):
+        TARGET.load(engines["fp32"], use_cuda_graph=True, cuda_graph_strategy="whole-graph")
