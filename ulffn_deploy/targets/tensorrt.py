@@ -1,4 +1,6 @@
-"""ONNX -> deployable artifact: a TensorRT plan with its JSON sidecar, or the ONNX Runtime CPU model.
+"""The ``tensorrt`` target: ONNX -> a TensorRT plan (``model.<precision>.engine``) with its JSON sidecar, built on
+a machine with TensorRT and an NVIDIA GPU; loading goes to ``TrtSegmenter`` (targets/tensorrt_runtime.py), and
+an ``.onnx`` file with an engine cache folder is built there on first use (targets/tensorrt_cache.py).
 
 TensorRT engines are built through Polygraphy's loaders: ``network_from_onnx_path(strongly_typed=True)``
 -> ``CreateConfig`` -> ``engine_bytes_from_network``. Precision comes from the ONNX file alone (FP16
@@ -8,7 +10,9 @@ as a plain file so that trtexec and other TensorRT tools load it; its metadata l
 
 Every build runs with detailed profiling verbosity so that the engine inspector can list each layer's
 precision; the counts go into the sidecar (``layer_precisions``), and an FP16 engine without FP16 layers
-(or INT8 without INT8 layers) fails the build instead of shipping a silent FP32 engine.
+(or INT8 without INT8 layers) fails the build instead of shipping a silent FP32 engine. A parser failure
+names the failing nodes (``tensorrt_build.parser_errors``, shared with TensorRT-RTX). The batch and H/W profile
+(:func:`make_profile`) and its options are shared with the ``tensorrt-rtx`` target.
 """
 
 from __future__ import annotations
@@ -350,16 +354,15 @@ def _parse_onnx(trt: Any, path: Path) -> Any:
 
 def _parser_errors(trt: Any, path: Path, limit: int = 3) -> str:
     """Parse again with a bare parser to list the errors with their node names (Polygraphy only logs them)."""
+    from ulffn_deploy.targets.tensorrt_build import parser_errors
+
     logger: tensorrt.Logger = trt.Logger(trt.Logger.ERROR)
     builder: tensorrt.Builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser: tensorrt.OnnxParser = trt.OnnxParser(network, logger)
     if parser.parse_from_file(os.fspath(path)) and parser.num_errors == 0:
         return "it parses on its own; see the messages above"
-    errors = [parser.get_error(i) for i in range(parser.num_errors)]
-    described = [f"node {e.node_name() or e.node()!r} ({e.node_operator() or '?'}): {e.desc()}" for e in errors[:limit]]
-    more = f"; and {len(errors) - limit} more" if len(errors) > limit else ""
-    return "; ".join(described) + more if described else "no error details"
+    return parser_errors(parser, limit)
 
 
 @contextmanager
