@@ -178,7 +178,7 @@ def builders() -> list[Target]:
 def best_builder() -> Target:
     """The highest-ranked target that builds artifacts and runs here (ONNX Runtime runs everywhere)."""
     for target in builders():
-        if target.build_unavailable_reason() is None:
+        if target.build_unavailable_reason() is None and target.unavailable_reason() is None:
             return target
     raise UlffnError("no target that builds artifacts runs here", "pip install onnxruntime")
 
