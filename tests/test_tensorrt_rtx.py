@@ -231,3 +231,12 @@ def test_every_tensorrt_rtx_name_the_target_and_runtime_use_exists_in_the_instal
 def test_two_cuda_graph_captures_are_refused_before_the_gpu_is_touched(engines):
     with pytest.raises(UlffnError, match="use_cuda_graph and TensorRT-RTX's own CUDA-graph strategy exclude each other"):
         TARGET.load(engines["fp32"], use_cuda_graph=True, cuda_graph_strategy="whole-graph")
+
+
+def test_runtime_settings_map_to_the_tensorrt_rtx_enums():
+    from ulffn_deploy.targets.tensorrt_rtx import runtime_enums
+
+    assert runtime_enums(trt, {"cuda_graph_strategy": "whole-graph", "kernel_specialization": "eager"}) == (
+        trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE, trt.DynamicShapesKernelSpecializationStrategy.EAGER)
+    assert runtime_enums(trt, {"cuda_graph_strategy": "disabled", "kernel_specialization": "none"}) == (
+        trt.CudaGraphStrategy.DISABLED, trt.DynamicShapesKernelSpecializationStrategy.NONE)

@@ -200,3 +200,9 @@ def runtime_settings(sidecar: Mapping[str, Any], path: Path, overrides: Mapping[
                 for name, option in declared.items()}
     settings["runtime_cache"] = settings["runtime_cache"] or str(path.with_name(path.name + RUNTIME_CACHE_SUFFIX))
     return settings
+
+
+def runtime_enums(trt: Any, settings: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The ``tensorrt_rtx`` values of the CUDA-graph strategy and dynamic-shape kernel specialisation settings."""
+    return (getattr(trt.CudaGraphStrategy, CUDA_GRAPH_STRATEGIES[settings["cuda_graph_strategy"]]),
+            getattr(trt.DynamicShapesKernelSpecializationStrategy, KERNEL_SPECIALIZATIONS[settings["kernel_specialization"]]))

@@ -468,13 +468,11 @@ class RtxSegmenter(TrtSegmenter):
 
     def _create_context(self, engine: Any) -> Any:
         from ulffn_deploy.targets.tensorrt_cache import read_shared_file
-        from ulffn_deploy.targets.tensorrt_rtx import CUDA_GRAPH_STRATEGIES, KERNEL_SPECIALIZATIONS
+        from ulffn_deploy.targets.tensorrt_rtx import runtime_enums
 
-        trt, settings = self.trt, self.settings
+        settings = self.settings
         config = engine.create_runtime_config()
-        config.cuda_graph_strategy = getattr(trt.CudaGraphStrategy, CUDA_GRAPH_STRATEGIES[settings["cuda_graph_strategy"]])
-        config.dynamic_shapes_kernel_specialization_strategy = getattr(
-            trt.DynamicShapesKernelSpecializationStrategy, KERNEL_SPECIALIZATIONS[settings["kernel_specialization"]])
+        config.cuda_graph_strategy, config.dynamic_shapes_kernel_specialization_strategy = runtime_enums(self.trt, settings)
         cache = config.create_runtime_cache()
         saved = read_shared_file(Path(settings["runtime_cache"]))
         # a cache from another GPU, driver or TensorRT-RTX version is refused (False) and rebuilt by this run
