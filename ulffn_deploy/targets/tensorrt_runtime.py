@@ -1,5 +1,6 @@
-"""TensorRT backend: a plain serialized plan plus its JSON sidecar, run with TensorRT (the full ``tensorrt``
-package, or the lean runtime ``tensorrt_lean``) and cuda-python only.
+"""The TensorRT runtime: a serialized engine plus its JSON sidecar, run with one of three TensorRT modules (the
+full ``tensorrt``, the lean runtime ``tensorrt_lean``, or ``tensorrt_rtx`` for TensorRT-RTX engines through
+:class:`RtxSegmenter`) and cuda-python only.
 
 One engine, one execution context and one CUDA stream. Pinned host and device buffers are sized once
 from the optimization profile's largest shape; each call sets the input shape, copies host to device,
