@@ -240,3 +240,19 @@ def test_runtime_settings_map_to_the_tensorrt_rtx_enums():
         trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE, trt.DynamicShapesKernelSpecializationStrategy.EAGER)
     assert runtime_enums(trt, {"cuda_graph_strategy": "disabled", "kernel_specialization": "none"}) == (
         trt.CudaGraphStrategy.DISABLED, trt.DynamicShapesKernelSpecializationStrategy.NONE)
+
+
+def test_a_profile_without_the_models_input_is_refused(tmp_path):
+    with pytest.raises(UlffnError, match="Relu.onnx: no shape profile for input\\(s\\) x"):
+        parse_and_build(_graph(tmp_path, "Relu"), "tensorrt_rtx", {"image": {"min": [4], "opt": [4], "max": [4]}})
+
+
+def test_tensorrt_log_is_collected_as_one_line_not_printed(capfd):
+    from ulffn_deploy.targets.tensorrt_build import collecting_logger, last_errors
+
+    logger = collecting_logger(trt)
+    logger.log(trt.ILogger.Severity.INFO, "not kept")
+    logger.log(trt.ILogger.Severity.ERROR, "first\nerror")
+    logger.log(trt.ILogger.Severity.ERROR, "second error")
+    assert last_errors(trt) == "first error; second error"
+    assert capfd.readouterr().err == ""

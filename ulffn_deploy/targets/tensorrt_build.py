@@ -87,6 +87,7 @@ def parse_onnx(trt: ModuleType, path: str | os.PathLike[str]) -> ParsedNetwork:
     if not path.is_file():
         raise UlffnError(f"{path}: no such ONNX file")
     logger = collecting_logger(trt)
+    logger.messages.clear()  # the errors reported for this file are this file's
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
