@@ -445,7 +445,7 @@ def test_a_sidecar_version_that_is_no_integer(tmp_path, ort_artifact, images, ve
 
 
 def test_a_non_numeric_compute_capability_is_a_problem_not_a_crash():
-    from ulffn_deploy.runtime.metadata import engine_compatibility_problem
+    from ulffn_deploy.targets.tensorrt_compat import engine_compatibility_problem
 
     sidecar = {"tensorrt_version": "10.0.1", "gpu": {"name": "X", "compute_capability": "eight"}}
     problem = engine_compatibility_problem(sidecar, {"name": "Y", "compute_capability": "8.9"}, "10.0.1")

@@ -21,7 +21,7 @@ from ulffn_deploy.targets import onnxruntime_build as ort_build
 from ulffn_deploy.targets import registry
 from ulffn_deploy.targets.onnxruntime_build import describe_onnx
 from ulffn_deploy.targets.tensorrt import TARGET as TENSORRT
-from ulffn_deploy.targets.tensorrt import _timing_cache_files, make_profile
+from ulffn_deploy.targets.tensorrt import make_profile
 
 
 def engine_options(**given):
@@ -173,21 +173,6 @@ def test_engine_options_round_trip_through_the_command_line():
     parsed = cli.get_command(None, "build-engine").make_context("build-engine", list(args)).params
     given = _options_for("tensorrt", {name: value for name, value in parsed.items() if name.startswith("opt__")})
     assert TENSORRT.resolve_options(given) == options
-
-
-def test_timing_cache_is_replaced_atomically_and_only_on_success(tmp_path):
-    cache = tmp_path / "timing.cache"
-    with _timing_cache_files(cache) as (old, new):
-        assert old is None
-        new.write(b"first")
-    assert cache.read_bytes() == b"first"
-    with pytest.raises(RuntimeError), _timing_cache_files(cache) as (old, new):
-        assert old.read() == b"first"
-        new.write(b"half-written")
-        raise RuntimeError("build failed")
-    assert cache.read_bytes() == b"first" and sorted(p.name for p in tmp_path.iterdir()) == ["timing.cache"]
-    with _timing_cache_files(None) as files:
-        assert files == (None, None)
 
 
 def test_int8_qdq_model_builds_for_onnxruntime(tmp_path):

@@ -14,7 +14,8 @@ from ulffn_deploy.devices import tensorrt_unavailable_reason
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.preprocess import preprocess
 from ulffn_deploy.runtime import ArtifactMetadata, Segmenter
-from ulffn_deploy.runtime.metadata import engine_compatibility_problem, read_sidecar
+from ulffn_deploy.runtime.metadata import read_sidecar
+from ulffn_deploy.targets.tensorrt_compat import engine_compatibility_problem
 
 
 @pytest.fixture(scope="module")

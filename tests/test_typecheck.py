@@ -21,7 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TENSORRT_MODULES = ["ulffn_deploy/targets/tensorrt_runtime.py", "ulffn_deploy/targets/cuda.py",
-                    "ulffn_deploy/targets/tensorrt.py", "ulffn_deploy/targets/tensorrt_cache.py", "ulffn_deploy/devices.py"]
+                    "ulffn_deploy/targets/tensorrt.py", "ulffn_deploy/targets/tensorrt_cache.py", "ulffn_deploy/devices.py",
+                    "ulffn_deploy/targets/tensorrt_build.py", "ulffn_deploy/targets/tensorrt_compat.py",
+                    "ulffn_deploy/targets/tensorrt_rtx.py"]
 MAPPED_SUBPACKAGES = ("train", "export", "calib")  # installed as ulffn_deploy.<name> (pyproject package-dir)
 STUB_FIXES = [
     (re.compile(r"\bin: list\["), "in_: list["),
@@ -77,7 +79,7 @@ def test_tensorrt_modules_pass_strict_mypy(tmp_path):
         follow_imports = silent
         mypy_path = {stubs}
         cache_dir = {tmp_path / "cache"}
-        [mypy-cuda.*,polygraphy.*,onnxruntime.*,tensorrt_libs]
+        [mypy-cuda.*,polygraphy.*,onnxruntime.*,tensorrt_libs,tensorrt_rtx,tensorrt_rtx.*]
         ignore_missing_imports = True
         [mypy-tensorrt,tensorrt.*,tensorrt_bindings,tensorrt_bindings.*]
         ignore_errors = True

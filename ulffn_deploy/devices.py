@@ -1,7 +1,10 @@
-"""Is TensorRT usable here? Checks that import nothing heavy at module level and never raise on absence.
+"""What this machine has: its CPU (name, inference-relevant ISA extensions), a usable NVIDIA GPU, and which
+TensorRT modules import (full ``tensorrt``, lean ``tensorrt_lean``); ``machine_key`` names the machine for
+latency records. Nothing heavy is imported at module level and no check raises when something is absent.
 
 ``import tensorrt`` alone is not enough: a type-stub package (``tensorrt-stubs``) installs a bare
 ``tensorrt`` folder that imports as an empty namespace package, so the check looks for the real API.
+TensorRT-RTX (``tensorrt_rtx``) is checked by its target, ``targets/tensorrt_rtx.py``.
 """
 
 from __future__ import annotations
@@ -9,10 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
-import re
 import shutil
-import subprocess
-from pathlib import Path
 from types import ModuleType
 
 from ulffn_deploy.errors import UlffnError
@@ -132,45 +132,6 @@ def require_tensorrt(purpose: str, hint: str = TENSORRT_HINT) -> ModuleType:
     if reason or trt is None:
         raise UlffnError(f"cannot {purpose}: {reason}", hint)
     return trt
-
-
-# -- Jetson power state (for benchmark headers) ---------------------------------------------------------
-NVPMODEL_CONF = Path("/etc/nvpmodel.conf")
-CPU_FREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq")
-
-
-def parse_nvpmodel_query(text: str) -> str | None:
-    """``nvpmodel -q`` output ("NV Power Mode: MAXN" then the mode number) -> "MAXN (mode 0)"; None if absent."""
-    match = re.search(r"NV Power Mode\s*:\s*(\S+)", text)
-    if not match:
-        return None
-    number = re.search(r"^\s*(\d+)\s*$", text[match.end():], re.MULTILINE)
-    return f"{match.group(1)} (mode {number.group(1)})" if number else match.group(1)
-
-
-def jetson_power_mode() -> str | None:
-    """The Jetson power mode and whether the CPU clocks look pinned (``jetson_clocks``), in one line, or None
-    off Jetson (no ``nvpmodel`` and no /etc/nvpmodel.conf). For benchmark headers: Jetson latency depends on both."""
-    nvpmodel = shutil.which("nvpmodel")
-    if nvpmodel is None and not NVPMODEL_CONF.is_file():
-        return None
-    mode = None
-    if nvpmodel is not None:
-        try:
-            result = subprocess.run([nvpmodel, "-q"], capture_output=True, text=True, timeout=10, check=False)
-            mode = parse_nvpmodel_query(result.stdout + result.stderr)
-        except (OSError, subprocess.SubprocessError):
-            mode = None
-    return f"nvpmodel {mode or 'unknown'}; jetson_clocks {_clocks_pinned()}"
-
-
-def _clocks_pinned() -> str:
-    """"on" when the CPU's minimum frequency equals its maximum (what ``jetson_clocks`` sets), "off", or "unknown"."""
-    try:
-        low, high = ((CPU_FREQ / name).read_text().strip() for name in ("scaling_min_freq", "scaling_max_freq"))
-    except OSError:
-        return "unknown"
-    return "on" if low == high else "off"
 
 
 def machine_key() -> str:

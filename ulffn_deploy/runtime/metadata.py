@@ -228,52 +228,6 @@ def shown_build_command(sidecar: Mapping[str, Any]) -> str | None:
     return command
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
-
-
-def _capability(value: Any) -> tuple[int, int] | None:
-    """(major, minor) of a compute capability like "8.9"; None when it is not one."""
-    if not _CAPABILITY.fullmatch(str(value)):
-        return None
-    major, _, minor = str(value).partition(".")
-    return int(major), int(minor or 0)
-
-
-def engine_compatibility_problem(sidecar: Mapping[str, Any], gpu: Mapping[str, Any], tensorrt_version: str) -> str | None:
-    """Why a TensorRT plan described by ``sidecar`` cannot run on ``gpu`` with ``tensorrt_version``, or None.
-
-    Plans are tied to the TensorRT version and the GPU's compute capability (docs/tensorrt.md, Compatibility),
-    unless built version-compatible (later TensorRT of the same major) or hardware-compatible (any GPU
-    from Ampere, compute capability 8.0, on). A different GPU name with the same compute capability runs.
-    """
-    built = sidecar.get("gpu") or {}
-    flags = sidecar.get("build_flags") or {}
-    built_trt = str(sidecar.get("tensorrt_version", "?"))
-    have, want = _version_tuple(tensorrt_version), _version_tuple(built_trt)
-    if flags.get("version_compatible"):
-        # the same or a later TensorRT: plans built version-compatible on 10 run on 11 (docs/tensorrt.md)
-        version_ok = bool(have) and bool(want) and have >= want
-    else:
-        version_ok = have == want
-    if not version_ok:
-        return f"it was built with TensorRT {built_trt} and this is TensorRT {tensorrt_version}"
-    here_cc, built_cc = _capability(gpu["compute_capability"]), _capability(built.get("compute_capability", "0.0"))
-    if here_cc is None or built_cc is None:
-        return (f"its sidecar records compute capability {_short(built.get('compute_capability'))}, "
-                f"which is not a number like '8.9'")
-    if flags.get("hardware_compatibility") == "ampere-plus":
-        if here_cc < (8, 0):
-            return f"it was built for Ampere and newer GPUs and {gpu['name']} has compute capability {gpu['compute_capability']}"
-        return None
-    if here_cc != built_cc:
-        return (
-            f"it was built on {built.get('name', '?')} (compute capability {built.get('compute_capability', '?')}) "
-            f"and this GPU is {gpu['name']} (compute capability {gpu['compute_capability']})"
-        )
-    return None
-
-
 def load_onnx(path: str | os.PathLike[str], hint: str | None = None) -> onnx.ModelProto:
     """Read an ONNX model (needs the onnx package); a missing, unreadable or non-ONNX file is a one-line UlffnError."""
     from google.protobuf.message import DecodeError

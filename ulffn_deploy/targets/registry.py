@@ -36,6 +36,7 @@ ARTIFACT_PREFIX = "model."
 
 _MODULES: list[str] = [
     "ulffn_deploy.targets.tensorrt",
+    "ulffn_deploy.targets.tensorrt_rtx",
     "ulffn_deploy.targets.openvino",
     "ulffn_deploy.targets.onnxruntime",
     "ulffn_deploy.targets.pytorch",

@@ -1,14 +1,21 @@
-"""ONNX -> deployable artifact: a TensorRT plan with its JSON sidecar, or the ONNX Runtime CPU model.
+"""The ``tensorrt`` target: ONNX -> a TensorRT plan (``model.<precision>.engine``) with its JSON sidecar, built on
+a machine with TensorRT and an NVIDIA GPU; loading goes to ``TrtSegmenter`` (targets/tensorrt_runtime.py), and
+an ``.onnx`` file with an engine cache folder is built there on first use (targets/tensorrt_cache.py).
 
-TensorRT engines are built through Polygraphy's loaders: ``network_from_onnx_path(strongly_typed=True)``
--> ``CreateConfig`` -> ``engine_bytes_from_network``. Precision comes from the ONNX file alone (FP16
-tensors, or Q/DQ nodes for INT8); no FP16/INT8 builder flags and no calibrator are set, since TensorRT 10.12
-deprecated weak typing and TensorRT 11 removed it (docs/tensorrt.md, Versions and typing). The plan is written
+TensorRT engines are built with NVIDIA's parser and builder through the path shared with TensorRT-RTX
+(``targets/tensorrt_build.py``: a strongly typed network, one optimisation profile, ``build_serialized_network``,
+each step checked), with this target's builder settings in between (:func:`configure_builder`). Precision comes
+from the ONNX file alone (FP16 tensors, or Q/DQ nodes for INT8); no FP16/INT8 builder flags and no calibrator are
+set, since TensorRT 10.12 deprecated weak typing and TensorRT 11 removed it (docs/tensorrt.md, Versions and
+typing). The plan is written
 as a plain file so that trtexec and other TensorRT tools load it; its metadata lives in the sidecar.
 
 Every build runs with detailed profiling verbosity so that the engine inspector can list each layer's
 precision; the counts go into the sidecar (``layer_precisions``), and an FP16 engine without FP16 layers
-(or INT8 without INT8 layers) fails the build instead of shipping a silent FP32 engine.
+(or INT8 without INT8 layers) fails the build instead of shipping a silent FP32 engine. A parser failure
+names the failing nodes. The batch and H/W profile (:func:`make_profile`) and its options are shared with the
+``tensorrt-rtx`` target. A tactic timing cache file is read before the build and replaced atomically, under a
+lock, after it (``tensorrt_cache.write_shared_file``).
 """
 
 from __future__ import annotations
@@ -18,15 +25,14 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from ulffn_deploy.config import OUTPUT_STRIDE
 from ulffn_deploy.devices import require_tensorrt, tensorrt_unavailable_reason
 from ulffn_deploy.errors import UlffnError
-from ulffn_deploy.fileio import atomic_path, write_bytes_atomic, write_json_atomic
+from ulffn_deploy.fileio import write_bytes_atomic, write_json_atomic
 from ulffn_deploy.runtime.metadata import sidecar_path
 from ulffn_deploy.targets.onnxruntime_build import OnnxSource, describe_onnx, sidecar_common
 from ulffn_deploy.targets.registry import BuildOption, Target
@@ -89,8 +95,9 @@ class TensorRTTarget(Target):
     def artifact_problem(self, path: Path) -> str | None:
         """What the sidecar says against this GPU and TensorRT version, checked without deserializing."""
         from ulffn_deploy.devices import import_tensorrt_runtime, is_lean
-        from ulffn_deploy.runtime.metadata import engine_compatibility_problem, read_sidecar
+        from ulffn_deploy.runtime.metadata import read_sidecar
         from ulffn_deploy.targets.cuda import device_properties
+        from ulffn_deploy.targets.tensorrt_compat import engine_compatibility_problem
         from ulffn_deploy.targets.tensorrt_runtime import lean_runtime_problem
 
         try:
@@ -165,9 +172,9 @@ def build_tensorrt_engine(onnx_path: str | os.PathLike[str], output: str | os.Pa
     whose engine runs no layer in that precision fails here, before anything is written.
     """
     trt = require_tensorrt("build a TensorRT engine", NO_TENSORRT_HINT)
-    from polygraphy.backend.trt import CreateConfig, PostprocessConfig, Profile, engine_bytes_from_network
-
     from ulffn_deploy.targets.cuda import device_properties
+    from ulffn_deploy.targets.tensorrt_build import add_profile, build_plan, parse_onnx
+    from ulffn_deploy.targets.tensorrt_cache import write_shared_file
 
     source = describe_onnx(onnx_path, precision)
     options = TARGET.resolve_options(options or {})
@@ -175,25 +182,19 @@ def build_tensorrt_engine(onnx_path: str | os.PathLike[str], output: str | os.Pa
     output = Path(output) if output else TARGET.default_output(source.path)
     command = command or TARGET.rebuild_command(Path(onnx_path), output, options)
     profile = make_profile(source, options)
-    network = _parse_onnx(trt, source.path)
-    _check_dla(network[0], options["dla_core"])
-    cache_path = Path(options["timing_cache"]) if options["timing_cache"] else None
     start = time.perf_counter()
-    with _timing_cache_files(cache_path) as (load_cache, save_cache):
-        config: Any = CreateConfig(
-            profiles=[Profile().add(source.input_name, profile["min"], profile["opt"], profile["max"])],
-            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: options["workspace"] << 20} if options["workspace"] else None,
-            builder_optimization_level=options["builder_optimization_level"],
-            version_compatible=options["version_compatible"] or None,
-            exclude_lean_runtime=options["exclude_lean_runtime"] or None,
-            hardware_compatibility_level=(trt.HardwareCompatibilityLevel.AMPERE_PLUS
-                                          if options["hardware_compatibility"] == "ampere-plus" else None),
-            profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
-            load_timing_cache=load_cache,
-        )
-        if options["dla_core"] is not None:
-            config = PostprocessConfig(config, lambda builder, net, cfg: _use_dla(trt, cfg, options["dla_core"]))
-        plan = bytes(_polygraphy_call(lambda: engine_bytes_from_network(network, config, save_timing_cache=save_cache)))
+    parsed = parse_onnx(trt, source.path)
+    builder: tensorrt.Builder = parsed.builder
+    _check_dla(builder, options["dla_core"])
+    config = builder.create_builder_config()
+    add_profile(parsed, config, {source.input_name: profile})
+    configure_builder(trt, config, options)
+    cache_path = Path(options["timing_cache"]) if options["timing_cache"] else None
+    if cache_path is not None:
+        _use_timing_cache(config, cache_path)
+    plan = build_plan(parsed, config)
+    if cache_path is not None:  # the cache started from the old file, so it keeps old and new entries
+        write_shared_file(cache_path, bytes(config.get_timing_cache().serialize()))
     seconds = time.perf_counter() - start
     counts = layer_precisions(_engine_information(trt, plan, options["dla_core"]))
     problem = precision_problem(source.metadata.precision, counts)
@@ -205,6 +206,34 @@ def build_tensorrt_engine(onnx_path: str | os.PathLike[str], output: str | os.Pa
     sidecar["layer_precisions"] = counts
     write_json_atomic(sidecar_path(output), sidecar)
     return output
+
+
+def configure_builder(trt: Any, config: tensorrt.IBuilderConfig, options: Mapping[str, Any]) -> None:
+    """This target's builder settings: detailed profiling (for the inspector), workspace, optimisation level,
+    version and hardware compatibility, DLA."""
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if options["workspace"]:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options["workspace"] << 20)
+    if options["builder_optimization_level"] is not None:
+        config.builder_optimization_level = options["builder_optimization_level"]
+    if options["version_compatible"]:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if options["exclude_lean_runtime"]:
+        config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
+    if options["hardware_compatibility"] == "ampere-plus":
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    if options["dla_core"] is not None:
+        _use_dla(trt, config, options["dla_core"])
+
+
+def _use_timing_cache(config: tensorrt.IBuilderConfig, path: Path) -> None:
+    """Start the build from the timing cache in ``path`` (an empty one when it is absent, or from another GPU
+    or TensorRT version, which TensorRT refuses)."""
+    from ulffn_deploy.targets.tensorrt_cache import read_shared_file
+
+    cache = config.create_timing_cache(read_shared_file(path) or b"")
+    if not config.set_timing_cache(cache, False):
+        config.set_timing_cache(config.create_timing_cache(b""), False)
 
 
 def _check_option_combination(options: Mapping[str, Any]) -> None:
@@ -313,70 +342,12 @@ def _engine_sidecar(trt: Any, source: OnnxSource, profile: dict[str, list[int]],
                     seconds: float, command: Sequence[str], gpu: dict[str, Any]) -> dict[str, Any]:
     import hashlib
 
-    import polygraphy
-
     sidecar = sidecar_common(source, "tensorrt", seconds, command)
     sidecar.update({
         "tensorrt_version": str(trt.__version__),
-        "polygraphy_version": str(polygraphy.__version__),
         "gpu": {key: gpu[key] for key in ("name", "compute_capability", "total_memory_mib")},
         "profile": {source.input_name: profile},
         "build_flags": {**options, "strongly_typed": True},
         "engine_sha256": hashlib.sha256(plan).hexdigest(),
     })
     return sidecar
-
-
-def _polygraphy_call(call: Any) -> Any:
-    """Run a Polygraphy loader; its failures (logged above by Polygraphy) become one-line UlffnErrors."""
-    from polygraphy.exception import PolygraphyException
-
-    try:
-        return call()
-    except PolygraphyException as exc:
-        raise UlffnError(f"TensorRT build failed: {' '.join(str(exc).split())[:300]}",
-                         "see the TensorRT messages above; 'ulffn-deploy lint-onnx' checks the model") from exc
-
-
-def _parse_onnx(trt: Any, path: Path) -> Any:
-    """(builder, network, parser) for a strongly typed network; parser errors name the failing ONNX nodes."""
-    from polygraphy.backend.trt import network_from_onnx_path
-    from polygraphy.exception import PolygraphyException
-
-    try:
-        return network_from_onnx_path(os.fspath(path), strongly_typed=True)
-    except PolygraphyException as exc:
-        raise UlffnError(f"TensorRT's ONNX parser rejected {path.name}: {_parser_errors(trt, path)}",
-                         f"run 'ulffn-deploy lint-onnx {path}' to find unsupported constructs") from exc
-
-
-def _parser_errors(trt: Any, path: Path, limit: int = 3) -> str:
-    """Parse again with a bare parser to list the errors with their node names (Polygraphy only logs them)."""
-    logger: tensorrt.Logger = trt.Logger(trt.Logger.ERROR)
-    builder: tensorrt.Builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser: tensorrt.OnnxParser = trt.OnnxParser(network, logger)
-    if parser.parse_from_file(os.fspath(path)) and parser.num_errors == 0:
-        return "it parses on its own; see the messages above"
-    errors = [parser.get_error(i) for i in range(parser.num_errors)]
-    described = [f"node {e.node_name() or e.node()!r} ({e.node_operator() or '?'}): {e.desc()}" for e in errors[:limit]]
-    more = f"; and {len(errors) - limit} more" if len(errors) > limit else ""
-    return "; ".join(described) + more if described else "no error details"
-
-
-@contextmanager
-def _timing_cache_files(path: Path | None) -> Iterator[tuple[IO[bytes] | None, IO[bytes] | None]]:
-    """(old cache to load, temp file to save into) for a timing cache reused across builds.
-
-    Open files rather than paths: Polygraphy locks paths with ``.lock`` files it leaves behind. The new
-    cache starts from the old one (loaded into the config), so saving it keeps old and new entries; it
-    replaces the old file atomically when the build succeeds.
-    """
-    if path is None:
-        yield None, None
-        return
-    with ExitStack() as stack:
-        old = stack.enter_context(open(path, "rb")) if path.is_file() else None
-        tmp = stack.enter_context(atomic_path(path))
-        new = stack.enter_context(open(tmp, "w+b"))
-        yield old, new

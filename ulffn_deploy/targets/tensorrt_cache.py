@@ -97,3 +97,25 @@ def cached_build(cache_dir: str | os.PathLike[str], key: str, name: str, build: 
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target, True
+
+
+def read_shared_file(path: Path) -> bytes | None:
+    """The bytes of a file that :func:`write_shared_file` keeps (None when absent or unreadable): every writer
+    renames a complete file into place, so a reader never sees half of one and needs no lock."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def write_shared_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` under an exclusive lock on ``<path>.lock``, by an atomic rename: two
+    processes saving at once (e.g. the TensorRT-RTX runtime cache of two servers) leave one complete file."""
+    from ulffn_deploy.fileio import write_bytes_atomic
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UlffnError(f"cannot create the folder of {path}: {exc.strerror}") from exc
+    with exclusive_lock(path.with_name(path.name + ".lock")):
+        write_bytes_atomic(path, data)

@@ -1,5 +1,6 @@
-"""TensorRT backend: a plain serialized plan plus its JSON sidecar, run with TensorRT (the full ``tensorrt``
-package, or the lean runtime ``tensorrt_lean``) and cuda-python only.
+"""The TensorRT runtime: a serialized engine plus its JSON sidecar, run with one of three TensorRT modules (the
+full ``tensorrt``, the lean runtime ``tensorrt_lean``, or ``tensorrt_rtx`` for TensorRT-RTX engines through
+:class:`RtxSegmenter`) and cuda-python only.
 
 One engine, one execution context and one CUDA stream. Pinned host and device buffers are sized once
 from the optimization profile's largest shape; each call sets the input shape, copies host to device,
@@ -30,12 +31,8 @@ import numpy as np
 from ulffn_deploy.devices import import_tensorrt_runtime, is_lean
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.runtime.base import Segmenter, check_declared_input
-from ulffn_deploy.runtime.metadata import (
-    ArtifactMetadata,
-    engine_compatibility_problem,
-    read_sidecar,
-    shown_build_command,
-)
+from ulffn_deploy.runtime.metadata import ArtifactMetadata, read_sidecar, shown_build_command
+from ulffn_deploy.targets.tensorrt_compat import engine_compatibility_problem, rtx_engine_problem
 
 if TYPE_CHECKING:  # the stubs type the objects; the module itself comes from tensorrt_module()
     import tensorrt
@@ -56,10 +53,16 @@ _LOGGERS: dict[str, Any] = {}  # one logger per TensorRT module, shared by its r
 
 
 def tensorrt_module(choice: str = "auto") -> ModuleType:
-    """The TensorRT module that runs engines: ``tensorrt``, else ``tensorrt_lean`` ("auto"), or exactly "full"/"lean"."""
-    module = import_tensorrt_runtime(choice)
+    """The TensorRT module that runs engines: ``tensorrt``, else ``tensorrt_lean`` ("auto"), or exactly "full"/"lean";
+    "rtx": ``tensorrt_rtx`` (TensorRT-RTX engines)."""
+    if choice == "rtx":
+        from ulffn_deploy.targets.tensorrt_build import import_builder
+
+        module = import_builder("tensorrt_rtx")
+    else:
+        module = import_tensorrt_runtime(choice)
     if module is None:
-        wanted = {"full": "tensorrt", "lean": "tensorrt_lean"}.get(choice, "tensorrt or tensorrt_lean")
+        wanted = {"full": "tensorrt", "lean": "tensorrt_lean", "rtx": "tensorrt_rtx"}.get(choice, "tensorrt or tensorrt_lean")
         raise UlffnError(f"cannot run a TensorRT engine: {wanted} is not importable",
                          "pip install 'ulffn-deploy[tensorrt]' (or '[tensorrt-lean]' for version-compatible engines)")
     return module
@@ -161,7 +164,8 @@ class Profile:
 
 
 class TrtSegmenter(Segmenter):
-    """A TensorRT engine built by ``ulffn-deploy build-engine``.
+    """A TensorRT engine built by ``ulffn-deploy build-engine``; :class:`RtxSegmenter` runs TensorRT-RTX engines
+    through the same code, with the module and three hooks (compatibility rule, execution context, close) its own.
 
     Thread safety: calls are serialised. The engine has one execution context, stream and set of buffers,
     so ``infer``/``predict``/``close`` hold a per-object lock and concurrent callers wait their turn (one
@@ -174,13 +178,14 @@ class TrtSegmenter(Segmenter):
     """
 
     backend = "tensorrt"
+    module_choice: str | None = None  # a subclass fixes the TensorRT module ("rtx"); else the runtime argument
 
     def __init__(self, path: Path, fit_mode: str = "full", use_cuda_graph: bool = False, gpu: int = 0,
                  runtime: str = "auto", lean_library: str | None = None) -> None:
         self._lock = threading.RLock()
         sidecar = read_sidecar(path)
         self.sidecar = sidecar
-        self.trt = tensorrt_module(runtime)
+        self.trt = tensorrt_module(self.module_choice or runtime)
         self.lean = is_lean(self.trt)
         if self.lean:
             problem = lean_runtime_problem(sidecar, str(self.trt.__version__))
@@ -193,7 +198,7 @@ class TrtSegmenter(Segmenter):
         except UlffnError as exc:
             raise UlffnError(f"cannot run {path.name}: no usable NVIDIA GPU {gpu} ({exc.message})",
                              "a CUDA driver and GPU are needed; run the ONNX file with ONNX Runtime on CPU") from exc
-        _check_compatible(path, sidecar, self.gpu, str(self.trt.__version__))
+        _check_compatible(path, sidecar, self.gpu, self._compatibility_problem(sidecar, self.gpu))
         plan = path.read_bytes()
         plan_sha256 = hashlib.sha256(plan).hexdigest()
         if sidecar.get("engine_sha256") not in (None, plan_sha256):
@@ -253,10 +258,16 @@ class TrtSegmenter(Segmenter):
         self.profile = Profile(*(dims_to_shape(d) for d in engine.get_tensor_profile_shape(self.input_name, 0)))
         self.max_batch = self.profile.max[0]
         check_declared_input(self.path, self.input_size, self.profile.min[2:], self.profile.max[2:])
-        context = engine.create_execution_context()
+        context = self._create_context(engine)
         if context is None:
             raise UlffnError(f"TensorRT could not create an execution context for {self.path.name} (out of GPU memory?)")
         self.context = context
+
+    def _compatibility_problem(self, sidecar: dict[str, Any], gpu: dict[str, Any]) -> str | None:
+        return engine_compatibility_problem(sidecar, gpu, str(self.trt.__version__))
+
+    def _create_context(self, engine: tensorrt.ICudaEngine) -> tensorrt.IExecutionContext | None:
+        return engine.create_execution_context()
 
     def _allocate(self) -> None:
         cuda = _cuda()
@@ -408,9 +419,8 @@ def lean_library_for(module: ModuleType, sidecar: dict[str, Any], path: Path) ->
     return library
 
 
-def _check_compatible(path: Path, sidecar: dict[str, Any], gpu: dict[str, Any], tensorrt_version: str) -> None:
-    """Compare the sidecar with this GPU and TensorRT before deserializing (plans are not portable)."""
-    problem = engine_compatibility_problem(sidecar, gpu, tensorrt_version)
+def _check_compatible(path: Path, sidecar: dict[str, Any], gpu: dict[str, Any], problem: str | None) -> None:
+    """Refuse an engine whose sidecar does not fit this GPU and TensorRT before deserializing (plans are not portable)."""
     if problem:
         raise UlffnError(f"{path.name} cannot run here: {problem}", _rebuild_hint(path, sidecar))
     built_name = (sidecar.get("gpu") or {}).get("name")
@@ -429,3 +439,68 @@ def _run_all(frees: Sequence[Callable[[], None]]) -> None:
             first = first or exc
     if first is not None:
         raise first
+
+
+class RtxSegmenter(TrtSegmenter):
+    """A TensorRT-RTX engine (``.rtxengine``): compiled just in time on this GPU at first use, with the JIT
+    kernels kept in a runtime cache file (read at load, saved atomically under a lock at close), and TensorRT-RTX's
+    CUDA-graph and dynamic-shape kernel settings from the sidecar unless given here."""
+
+    backend = "tensorrt-rtx"
+    module_choice = "rtx"
+
+    def __init__(self, path: Path, fit_mode: str = "full", use_cuda_graph: bool = False, gpu: int = 0,
+                 runtime_cache: str | None = None, cuda_graph_strategy: str | None = None,
+                 kernel_specialization: str | None = None) -> None:
+        from ulffn_deploy.targets.tensorrt_rtx import runtime_settings
+
+        given = {"runtime_cache": runtime_cache, "cuda_graph_strategy": cuda_graph_strategy,
+                 "kernel_specialization": kernel_specialization}
+        self.settings = runtime_settings(read_sidecar(path), path, {k: v for k, v in given.items() if v is not None})
+        if use_cuda_graph and self.settings["cuda_graph_strategy"] != "disabled":
+            raise UlffnError("use_cuda_graph and TensorRT-RTX's own CUDA-graph strategy exclude each other",
+                             "use one: cuda_graph_strategy='whole-graph' lets TensorRT-RTX capture the graph")
+        self._runtime_cache: Any = None
+        self.runtime_cache_loaded = False
+        super().__init__(path, fit_mode, use_cuda_graph, gpu)
+
+    def _compatibility_problem(self, sidecar: dict[str, Any], gpu: dict[str, Any]) -> str | None:
+        return rtx_engine_problem(sidecar, gpu, str(self.trt.__version__))
+
+    def _create_context(self, engine: Any) -> Any:
+        from ulffn_deploy.targets.tensorrt_cache import read_shared_file
+        from ulffn_deploy.targets.tensorrt_rtx import runtime_enums
+
+        settings = self.settings
+        config = engine.create_runtime_config()
+        config.cuda_graph_strategy, config.dynamic_shapes_kernel_specialization_strategy = runtime_enums(self.trt, settings)
+        cache = config.create_runtime_cache()
+        saved = read_shared_file(Path(settings["runtime_cache"]))
+        # a cache from another GPU, driver or TensorRT-RTX version is refused (False) and rebuilt by this run
+        self.runtime_cache_loaded = bool(saved) and bool(cache.deserialize(saved))
+        if not config.set_runtime_cache(cache):
+            raise UlffnError("TensorRT-RTX refused the runtime cache (see the TensorRT log above)")
+        self._runtime_cache, self._runtime_config = cache, config
+        return engine.create_execution_context(config)
+
+    def save_runtime_cache(self) -> None:
+        """Write the JIT kernels compiled so far to the runtime cache file (atomic, under a lock)."""
+        from ulffn_deploy.targets.tensorrt_cache import write_shared_file
+
+        if self._runtime_cache is not None:
+            write_shared_file(Path(self.settings["runtime_cache"]), bytes(self._runtime_cache.serialize()))
+
+    def _close_impl(self) -> None:
+        def forget_cache() -> None:
+            self._runtime_cache = None
+
+        _run_all([self.save_runtime_cache, forget_cache, super()._close_impl])
+
+    def _release_tensorrt(self) -> None:
+        self.__dict__.pop("_runtime_config", None)
+        super()._release_tensorrt()
+
+    def _backend_info(self) -> dict[str, Any]:
+        return {**super()._backend_info(), "runtime": self.settings, "runtime_cache_loaded": self.runtime_cache_loaded,
+                "compute_capabilities": self.sidecar.get("compute_capabilities"),
+                "tensorrt_rtx_version": self.sidecar.get("tensorrt_rtx_version")}
