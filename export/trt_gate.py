@@ -9,14 +9,12 @@ says so. :func:`check_onnx` picks; :func:`check_with_tensorrt` is the real check
 
 from __future__ import annotations
 
-import importlib
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Union
 
 from ulffn_deploy.errors import UlffnError
 
@@ -30,7 +28,6 @@ PACKAGES = (("tensorrt", "TensorRT"), ("tensorrt_rtx", "TensorRT-RTX"))
 INSTALL_HINT = "pip install tensorrt-rtx-cu12"
 MAX_BATCH = 8  # the batch range of the build profile is 1..MAX_BATCH for a dynamic batch axis
 DEFAULT_SPATIAL = 64  # a dynamic H/W of a file without ``ulffn.input_size``
-SHOWN_ERRORS = 3
 TABLE_CHECKER = "the built-in op table"
 
 
@@ -64,61 +61,17 @@ class GateResult:
 
 def tensorrt_builder_module() -> tuple[ModuleType, str] | None:
     """(module, "TensorRT-RTX 1.7.1") of the first TensorRT package with an ONNX parser and builder, or None."""
+    from ulffn_deploy.targets.tensorrt_build import import_builder
+
     for module_name, label in PACKAGES:
-        try:
-            trt = importlib.import_module(module_name)
-        except (ImportError, OSError):  # OSError: a wheel whose shared libraries do not load
-            continue
-        if hasattr(trt, "Builder") and hasattr(trt, "OnnxParser") and hasattr(trt, "__version__"):
+        trt = import_builder(module_name)
+        if trt is not None and hasattr(trt, "__version__"):
             return trt, f"{label} {'.'.join(str(trt.__version__).split('.')[:3])}"
     return None
 
 
 def no_tensorrt_reason() -> str:
     return f"no TensorRT package installed: neither {' nor '.join(module for module, _ in PACKAGES)} imports"
-
-
-class _Logger:
-    """Collects TensorRT's error messages (the builder's reasons); everything else is dropped."""
-
-    def __init__(self, trt: ModuleType) -> None:
-        outer = self
-        self.errors: list[str] = []
-
-        class Logger(trt.ILogger):  # type: ignore[misc,name-defined]
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-
-            def log(self, severity: Any, msg: str) -> None:
-                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                    outer.errors.append(" ".join(str(msg).split()))
-
-        self.logger = Logger()
-
-
-def _reason(error: Any) -> str:
-    """The parser's reason in one line: the message of an assertion, else the text, else code and checker."""
-    desc = " ".join(str(error.desc()).split())
-    desc = desc.split(" [checkMacros.cpp::catchCudaError")[0]  # a no-GPU note TensorRT appends to some errors
-    if desc.startswith("Assertion failed: ") and len(desc.split(": ", 2)) == 3:
-        return desc.split(": ", 2)[2]
-    quoted = re.findall(r'"([^"]*)"', desc.rsplit("&&", 1)[-1])
-    if quoted and "&&" in desc:  # (condition) && "message"
-        return "".join(quoted)
-    if desc in ("", "false"):
-        return f"{error.code().name} ({error.func()})"
-    return desc
-
-
-def _parser_problems(parser: Any) -> tuple[str, ...]:
-    problems = []
-    for index in range(parser.num_errors):
-        error = parser.get_error(index)
-        name = error.node_name() or (f"#{error.node()}" if error.node() >= 0 else "<model>")
-        problem = f"node {name!r} ({error.node_operator() or '?'}): {_reason(error)}"
-        if problem not in problems:
-            problems.append(problem)
-    return tuple(problems)
 
 
 def _serialized(model_or_path: ModelOrPath) -> tuple[bytes | None, Path | None]:
@@ -167,19 +120,15 @@ def inspect_with_tensorrt(model_or_path: ModelOrPath, *, build: bool = True,
     if found is None:
         raise UlffnError(f"cannot check with TensorRT: {no_tensorrt_reason()}", INSTALL_HINT)
     trt, checker = found
+    from ulffn_deploy.targets.tensorrt_build import add_profile, build_plan, parse_network
+
     data, path = _serialized(model_or_path)
     started = time.perf_counter()
-    logger = _Logger(trt)
-    if hasattr(trt, "init_libnvinfer_plugins"):  # the plugins a real build registers (NonZero, DeformConv, ...)
-        trt.init_libnvinfer_plugins(logger.logger, "")
-    builder = trt.Builder(logger.logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger.logger)
-    parsed = parser.parse_from_file(os.fspath(path)) if path is not None else parser.parse(data)
-    problems = _parser_problems(parser)
-    if not parsed or problems:
-        reasons = problems or (f"the parser refused the model: {'; '.join(logger.errors) or 'no reason given'}",)
-        return GateResult(checker, reasons, seconds=time.perf_counter() - started, parse_only=not build)
+    source: Path | bytes = path if path is not None else data or b""
+    parsed, problems = parse_network(trt, source, path.name if path is not None else "the model")
+    network = parsed.network
+    if problems:
+        return GateResult(checker, problems, seconds=time.perf_counter() - started, parse_only=not build)
     if not build:
         return GateResult(checker, layers=network.num_layers, seconds=time.perf_counter() - started, parse_only=True)
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
@@ -188,19 +137,19 @@ def inspect_with_tensorrt(model_or_path: ModelOrPath, *, build: bool = True,
         return GateResult(checker, tuple(f"input {name!r} sets shapes or axes at run time (a shape tensor): the "
                                          "toolkit's build profile gives image inputs only" for name in shape_inputs),
                           layers=network.num_layers, seconds=time.perf_counter() - started)
-    config = builder.create_builder_config()
-    if any(-1 in tuple(tensor.shape) for tensor in inputs):
-        size = _spatial_size(model_or_path, input_size)
-        profile = builder.create_optimization_profile()
-        for tensor in inputs:
-            profile.set_shape(tensor.name, *_profile_shapes(tuple(tensor.shape), size))
-        config.add_optimization_profile(profile)
-    plan = builder.build_serialized_network(network, config)
-    seconds = time.perf_counter() - started
-    if plan is None:
-        reason = "; ".join(logger.errors[:SHOWN_ERRORS]) or "no reason given"
-        return GateResult(checker, (f"the builder failed: {reason}",), seconds=seconds, layers=network.num_layers)
-    return GateResult(checker, built=True, layers=network.num_layers, engine_bytes=plan.nbytes, seconds=seconds)
+    config = parsed.builder.create_builder_config()
+    try:
+        if any(-1 in tuple(tensor.shape) for tensor in inputs):
+            size = _spatial_size(model_or_path, input_size)
+            add_profile(parsed, config, {tensor.name: dict(zip(("min", "opt", "max"),
+                                                               _profile_shapes(tuple(tensor.shape), size)))
+                                         for tensor in inputs})
+        plan = build_plan(parsed, config)
+    except UlffnError as exc:
+        return GateResult(checker, (f"the builder failed: {exc.message}",), seconds=time.perf_counter() - started,
+                          layers=network.num_layers)
+    return GateResult(checker, built=True, layers=network.num_layers, engine_bytes=len(plan),
+                      seconds=time.perf_counter() - started)
 
 
 def inspect_onnx(model_or_path: ModelOrPath, *, build: bool = True, input_size: int | None = None) -> GateResult:

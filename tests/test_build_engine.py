@@ -19,7 +19,7 @@ from ulffn_deploy.harness import BUILD_ROW, TOLERANCES
 from ulffn_deploy.runtime import Segmenter
 from ulffn_deploy.targets import onnxruntime_build as ort_build
 from ulffn_deploy.targets import registry
-from ulffn_deploy.targets.onnxruntime_build import describe_onnx
+from ulffn_deploy.targets.onnx_source import describe_onnx
 from ulffn_deploy.targets.tensorrt import TARGET as TENSORRT
 from ulffn_deploy.targets.tensorrt import make_profile
 

@@ -79,7 +79,7 @@ def test_tensorrt_modules_pass_strict_mypy(tmp_path):
         follow_imports = silent
         mypy_path = {stubs}
         cache_dir = {tmp_path / "cache"}
-        [mypy-cuda.*,polygraphy.*,onnxruntime.*,tensorrt_libs,tensorrt_rtx,tensorrt_rtx.*]
+        [mypy-cuda.*,onnxruntime.*,tensorrt_libs,tensorrt_rtx,tensorrt_rtx.*]
         ignore_missing_imports = True
         [mypy-tensorrt,tensorrt.*,tensorrt_bindings,tensorrt_bindings.*]
         ignore_errors = True

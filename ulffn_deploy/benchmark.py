@@ -45,7 +45,7 @@ ACCURACY_BATCH = 4
 MIN_CALLS = 10  # a trusted latency cell has at least this many timed calls ...
 MIN_SECONDS = 2.0  # ... over at least this many seconds ...
 MAX_SPREAD = 1.5  # ... and p99 / median at most this
-LIBRARIES = ("numpy", "polygraphy")  # besides each registered target's own packages (Target.packages)
+LIBRARIES = ("numpy",)  # besides each registered target's own packages (Target.packages)
 
 
 # -- machine ------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ _EXTRA_FOR = {
     "onnx": "export",
     "onnxconverter_common": "export",
     "onnxslim": "export",
-    "polygraphy": "export",
     "tensorrt": "tensorrt",
     "cuda": "tensorrt",
     "matplotlib": "bench",

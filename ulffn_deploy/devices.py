@@ -56,11 +56,9 @@ def cpu_features() -> list[str] | None:
 def import_tensorrt() -> ModuleType | None:
     """The real ``tensorrt`` module (the full TensorRT: builder and runtime), or None when it is absent (or only
     type stubs are installed)."""
-    try:
-        trt = importlib.import_module("tensorrt")
-    except ImportError:
-        return None
-    return trt if hasattr(trt, "Builder") and hasattr(trt, "__version__") else None
+    from ulffn_deploy.targets.tensorrt_build import import_builder
+
+    return import_builder("tensorrt")
 
 
 def import_tensorrt_lean() -> ModuleType | None:

@@ -25,10 +25,6 @@ from ulffn_deploy.onnx_session import graph_optimization_level
 from ulffn_deploy.runtime.metadata import sidecar_path
 from ulffn_deploy.targets.onnx_source import OnnxSource, describe_onnx, files_record, sidecar_common
 
-# OnnxSource, describe_onnx and sidecar_common live in targets/onnx_source.py; re-exported here for target
-# modules written against their earlier place
-__all__ = ["ORT_LEVELS", "OnnxSource", "build_ort_model", "describe_onnx", "sidecar_common"]
-
 ORT_LEVELS = ("basic", "extended")
 
 

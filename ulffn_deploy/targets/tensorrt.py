@@ -34,7 +34,7 @@ from ulffn_deploy.devices import require_tensorrt, tensorrt_unavailable_reason
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import write_bytes_atomic, write_json_atomic
 from ulffn_deploy.runtime.metadata import sidecar_path
-from ulffn_deploy.targets.onnxruntime_build import OnnxSource, describe_onnx, sidecar_common
+from ulffn_deploy.targets.onnx_source import OnnxSource, describe_onnx, sidecar_common
 from ulffn_deploy.targets.registry import BuildOption, Target
 
 if TYPE_CHECKING:  # the stubs type TensorRT's objects; the module itself comes from require_tensorrt()
@@ -204,6 +204,7 @@ def build_tensorrt_engine(onnx_path: str | os.PathLike[str], output: str | os.Pa
     write_bytes_atomic(output, plan)
     sidecar = _engine_sidecar(trt, source, profile, options, plan, seconds, command, device_properties(0))
     sidecar["layer_precisions"] = counts
+    sidecar["files"] = {output.name: len(plan)}
     write_json_atomic(sidecar_path(output), sidecar)
     return output
 

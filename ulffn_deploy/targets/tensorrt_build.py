@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ def import_builder(module_name: str) -> ModuleType | None:
         raise UlffnError(f"unknown TensorRT builder module {module_name!r}", f"use one of {', '.join(BUILDER_MODULES)}")
     try:
         module = importlib.import_module(module_name)
-    except ImportError:
+    except (ImportError, OSError):  # OSError: a wheel whose shared libraries do not load
         return None
     return module if hasattr(module, "Builder") and hasattr(module, "OnnxParser") else None
 
@@ -80,31 +81,66 @@ class ParsedNetwork:
         return [self.network.get_input(i).name for i in range(self.network.num_inputs)]
 
 
-def parse_onnx(trt: ModuleType, path: str | os.PathLike[str]) -> ParsedNetwork:
-    """Parse ``path`` into a strongly typed network (precision comes from the ONNX tensors); UlffnError naming
-    the failing nodes and the parser's reasons otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise UlffnError(f"{path}: no such ONNX file")
+def parse_network(trt: ModuleType, source: Path | bytes, name: str) -> tuple[ParsedNetwork, tuple[str, ...]]:
+    """Parse an ONNX file (or serialised model) into a strongly typed network (precision comes from the ONNX
+    tensors), registering the plugins the module ships; the network and the parser's refusals, one
+    ``node 'name' (Op): reason`` per node (empty when it parsed)."""
     logger = collecting_logger(trt)
     logger.messages.clear()  # the errors reported for this file are this file's
+    if hasattr(trt, "init_libnvinfer_plugins"):  # the plugins a real build registers (NonZero, DeformConv, ...)
+        trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    parsed = bool(parser.parse_from_file(os.fspath(path)))
-    if not parsed or parser.num_errors:
-        raise UlffnError(f"{_module_title(trt)}'s ONNX parser rejected {path.name}: {parser_errors(parser)}",
+    parsed = bool(parser.parse(source) if isinstance(source, bytes) else parser.parse_from_file(os.fspath(source)))
+    problems = parser_problems(parser)
+    if not parsed and not problems:
+        problems = (f"the parser refused the model: {last_errors(trt)}",)
+    return ParsedNetwork(trt, builder, network, parser, Path(name)), problems
+
+
+def parse_onnx(trt: ModuleType, path: str | os.PathLike[str]) -> ParsedNetwork:
+    """:func:`parse_network` of a file; UlffnError naming the failing nodes and the parser's reasons."""
+    path = Path(path)
+    if not path.is_file():
+        raise UlffnError(f"{path}: no such ONNX file")
+    parsed, problems = parse_network(trt, path, path.name)
+    if problems:
+        raise UlffnError(f"{_module_title(trt)}'s ONNX parser rejected {path.name}: {describe_problems(problems)}",
                          f"run 'ulffn-deploy lint-onnx {path}' to find unsupported constructs")
-    return ParsedNetwork(trt, builder, network, parser, path)
+    return parsed
 
 
-def parser_errors(parser: Any, limit: int = 3) -> str:
-    """The parser's errors as one line: ``node 'name' (Op): reason`` for the first ``limit``."""
-    errors = [parser.get_error(i) for i in range(parser.num_errors)]
-    described = [f"node {e.node_name() or e.node()!r} ({e.node_operator() or '?'}): {' '.join(e.desc().split())}"
-                 for e in errors[:limit]]
-    more = f"; and {len(errors) - limit} more" if len(errors) > limit else ""
-    return "; ".join(described) + more if described else "no error details"
+def error_reason(error: Any) -> str:
+    """One parser error's reason in one line: an assertion's message, else its text, else code and checker."""
+    desc = " ".join(str(error.desc()).split())
+    desc = desc.split(" [checkMacros.cpp::catchCudaError")[0]  # a no-GPU note TensorRT appends to some errors
+    if desc.startswith("Assertion failed: ") and len(desc.split(": ", 2)) == 3:
+        return desc.split(": ", 2)[2]
+    quoted = re.findall(r'"([^"]*)"', desc.rsplit("&&", 1)[-1])
+    if quoted and "&&" in desc:  # (condition) && "message"
+        return "".join(quoted)
+    if desc in ("", "false"):
+        return f"{error.code().name} ({error.func()})"
+    return desc
+
+
+def parser_problems(parser: Any) -> tuple[str, ...]:
+    """Every refusal the parser recorded, once each: ``node 'name' (Op): reason``."""
+    problems: list[str] = []
+    for index in range(parser.num_errors):
+        error = parser.get_error(index)
+        name = error.node_name() or (f"#{error.node()}" if error.node() >= 0 else "<model>")
+        problem = f"node {name!r} ({error.node_operator() or '?'}): {error_reason(error)}"
+        if problem not in problems:
+            problems.append(problem)
+    return tuple(problems)
+
+
+def describe_problems(problems: Sequence[str], limit: int = 3) -> str:
+    """The first ``limit`` problems as one line, and how many more there are."""
+    more = f"; and {len(problems) - limit} more" if len(problems) > limit else ""
+    return "; ".join(problems[:limit]) + more if problems else "no error details"
 
 
 def add_profile(parsed: ParsedNetwork, config: Any, profile: Mapping[str, Mapping[str, Sequence[int]]]) -> None:

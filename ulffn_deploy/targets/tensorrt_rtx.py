@@ -28,7 +28,7 @@ from ulffn_deploy.targets.tensorrt_compat import RTX_DEFAULT_CAPABILITIES
 
 if TYPE_CHECKING:
     from ulffn_deploy.runtime.base import Segmenter
-    from ulffn_deploy.targets.onnxruntime_build import OnnxSource
+    from ulffn_deploy.targets.onnx_source import OnnxSource
 
 INSTALL_HINT = "pip install 'ulffn-deploy[tensorrt-rtx]' (builds here; runs on an RTX GPU)"
 # compute capability -> ComputeCapability member of tensorrt_rtx 1.7
@@ -64,9 +64,14 @@ class TensorRTRTXTarget(Target):
 
     name = "tensorrt-rtx"
     title = "TensorRT-RTX"
+    description = ("a TensorRT-RTX engine, built ahead of time on any machine; an RTX GPU compiles its kernels at "
+                   "first load (its sidecar lists the compute capabilities)")
+    runs_on = "an NVIDIA RTX GPU (compute capability 8.0 or later; 7.5 when built for it) with tensorrt_rtx"
+    packages = ("tensorrt-rtx",)
     suffixes = (".rtxengine",)
     build_suffix = ".rtxengine"
     build_options = BUILD_OPTIONS
+    load_options = tuple(option for option in BUILD_OPTIONS if option.name in RUNTIME_OPTION_NAMES)
     default_build_precision = "fp16"
     rank = 25
     preferred_precisions = ("fp16", "int8", "fp32")
@@ -134,7 +139,7 @@ def build_rtx_engine(onnx_path: str | os.PathLike[str], output: str | os.PathLik
     """Build ``onnx_path`` into a TensorRT-RTX engine plus sidecar, both written atomically; the engine's path."""
     from ulffn_deploy.fileio import write_bytes_atomic, write_json_atomic
     from ulffn_deploy.runtime.metadata import sidecar_path
-    from ulffn_deploy.targets.onnxruntime_build import describe_onnx
+    from ulffn_deploy.targets.onnx_source import describe_onnx
     from ulffn_deploy.targets.tensorrt import make_profile
     from ulffn_deploy.targets.tensorrt_build import add_profile, build_plan, parse_onnx
 
@@ -154,7 +159,9 @@ def build_rtx_engine(onnx_path: str | os.PathLike[str], output: str | os.PathLik
     plan = build_plan(parsed, config)
     seconds = time.perf_counter() - start
     write_bytes_atomic(output, plan)
-    write_json_atomic(sidecar_path(output), _sidecar(trt, source, profile, options, plan, seconds, command))
+    sidecar = _sidecar(trt, source, profile, options, plan, seconds, command)
+    sidecar["files"] = {output.name: len(plan)}
+    write_json_atomic(sidecar_path(output), sidecar)
     return output
 
 
@@ -174,7 +181,7 @@ def _configure(trt: Any, config: Any, options: Mapping[str, Any]) -> None:
 
 def _sidecar(trt: Any, source: OnnxSource, profile: dict[str, list[int]], options: Mapping[str, Any], plan: bytes,
              seconds: float, command: Sequence[str]) -> dict[str, Any]:
-    from ulffn_deploy.targets.onnxruntime_build import sidecar_common
+    from ulffn_deploy.targets.onnx_source import sidecar_common
 
     sidecar = sidecar_common(source, TARGET.name, seconds, command)
     capabilities = capability_list(options["compute_capabilities"])
