@@ -58,7 +58,10 @@ def test_rows_come_from_the_registry(quick_results):
     for target in registry.targets():
         reason = target.unavailable_reason()
         if reason and not target.addressed_by_url:
-            assert all(r["reason"].startswith(reason) for r in results["rows"] if r["backend"] == target.name)
+            for row in (r for r in results["rows"] if r["backend"] == target.name):
+                # a target that builds here for a device elsewhere is built when its source exists, then skipped
+                missing_source = target.builds_here() and "to build it from" in row["reason"]
+                assert row["reason"].startswith(reason) or missing_source, row
 
 
 def test_cpu_targets_are_built_and_measured(quick_results):

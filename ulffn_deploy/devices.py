@@ -3,8 +3,8 @@ TensorRT modules import (full ``tensorrt``, lean ``tensorrt_lean``); ``machine_k
 latency records. Nothing heavy is imported at module level and no check raises when something is absent.
 
 ``import tensorrt`` alone is not enough: a type-stub package (``tensorrt-stubs``) installs a bare
-``tensorrt`` folder that imports as an empty namespace package, so the check looks for the real API.
-TensorRT-RTX (``tensorrt_rtx``) is checked by its target, ``targets/tensorrt_rtx.py``.
+``tensorrt`` folder that imports as an empty namespace package, so the check looks for the real API
+(``targets/tensorrt_build.import_builder``).
 """
 
 from __future__ import annotations
