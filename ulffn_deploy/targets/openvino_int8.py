@@ -111,9 +111,9 @@ def nncf_quantize(fp32_onnx: Path, images: Sequence[Path], log: Callable[[str], 
     """NNCF's INT8 ``openvino.Model`` of ``fp32_onnx`` calibrated on ``images`` (preprocessed as inference
     does), the FP32-keep nodes in NNCF's ignored scope. Shows progress per calibration image."""
     from ulffn_deploy.calib.source import load_source_model
+    from ulffn_deploy.imageio import read_rgb
     from ulffn_deploy.preprocess import preprocess
     from ulffn_deploy.progress import Progress
-    from ulffn_deploy.imageio import read_rgb
 
     try:
         import nncf
