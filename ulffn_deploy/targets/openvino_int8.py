@@ -1,19 +1,22 @@
 """OpenVINO INT8: how an INT8 IR is made from ``calibrate``'s outputs, and what its runtime model runs.
 
-Three ways (``int8_method``), chosen by measurement (docs/openvino_int8.md):
+Three ways (``int8_method``); ``auto`` is chosen by measurement (docs/openvino_int8.md):
 
 - ``nncf``: NNCF's post-training quantisation of ``model.fp32.onnx`` with the calibration images that
   ``calibrate`` used (its report lists them) and the same FP32-keep rules (the model's ``keep_fp32`` metadata,
   else ULFFN's: CAM, input unit, head, softmax) as NNCF's ignored scope. OpenVINO places and fuses its own
-  quantisation, so this is the fastest: full model on an AMX Xeon, 11x ONNX Runtime FP32 against 7x for
-  calibrate's file. Needs the ``nncf`` package (imported here only, when an INT8 IR is built).
-- ``qdq``: calibrate's ``model.int8.onnx`` as it is. Exact on CPUs with AMX-INT8; on CPUs without AMX,
-  OpenVINO 2026.4 computes a signed-int8 Q/DQ that follows a Concat wrongly (docs/openvino_int8.md).
+  quantisation, so this is the fastest (full model on an AMX Xeon: 11x ONNX Runtime FP32, calibrate's file 7x),
+  but on the trained 2-epoch quickstart model it fails the INT8 row (probability error p99 0.14 > 0.1, where
+  calibrate's file gives 0.04), so it is built only on request. Needs the ``nncf`` package (not a dependency;
+  imported here only, when such an IR is built).
+- ``qdq``: calibrate's ``model.int8.onnx`` as it is. Exact where OpenVINO runs its convolutions on signed
+  int8 activations (AMX CPUs); where it switches them to unsigned (CPUs without AMX), OpenVINO 2026.4
+  computes a signed-int8 Q/DQ that follows a Concat wrongly (docs/openvino_int8.md).
 - ``uint8-qdq``: calibrate's file with its int8 (zero point 0) activation Q/DQ re-encoded as uint8 with zero
   point 128: the same grid, exact on every CPU, and the slowest of the three.
 
-``auto`` takes ``nncf`` when NNCF is installed and calibrate's report names its calibration images, else
-``qdq`` on CPUs with AMX-INT8, else ``uint8-qdq``.
+``auto`` takes ``qdq`` where OpenVINO runs that file's convolutions on signed int8
+(:func:`keeps_signed_activations`), else ``uint8-qdq``.
 """
 
 from __future__ import annotations
@@ -79,11 +82,27 @@ def _existing(paths: Sequence[Path]) -> Path | None:
     return next((p for p in paths if str(p) not in ("", ".") and p.is_file()), None)
 
 
-def choose_method(requested: str, int8_onnx: Path, has_amx_int8: bool) -> str:
+def keeps_signed_activations(int8_onnx: Path) -> bool:
+    """Whether OpenVINO, compiling calibrate's file on this CPU, runs every int8 convolution on signed
+    activations as the file says (it switches them to unsigned on CPUs without AMX: the buggy path)."""
+    from ulffn_deploy.targets.openvino import core
+
+    compiled = core().compile_model(core().read_model(os.fspath(int8_onnx)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    precisions = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+                  if _layer_type(op) == "Convolution" and "runtimePrecision" in op.get_rt_info()]
+    return "u8" not in precisions
+
+
+def _layer_type(op: Any) -> str:
+    info = op.get_rt_info()
+    return str(info["layerType"].astype(str)) if "layerType" in info else ""
+
+
+def choose_method(requested: str, int8_onnx: Path) -> str:
     """The INT8 method a build uses (see the module docstring); UlffnError when ``requested`` cannot run."""
     if requested not in INT8_METHODS:
         raise UlffnError(f"unknown INT8 method {requested!r}", f"use one of {', '.join(INT8_METHODS)}")
-    if requested == "nncf" or (requested == "auto" and nncf_available() and calibration_record(int8_onnx)):
+    if requested == "nncf":
         if not nncf_available():
             raise UlffnError("--int8-method nncf needs the nncf package, which is not installed", NNCF_HINT)
         if calibration_record(int8_onnx) is None:
@@ -91,7 +110,7 @@ def choose_method(requested: str, int8_onnx: Path, has_amx_int8: bool) -> str:
                              "(or model.fp32.onnx changed since)", "run 'ulffn-deploy calibrate' again")
         return "nncf"
     if requested == "auto":
-        return "qdq" if has_amx_int8 else "uint8-qdq"
+        return "qdq" if keeps_signed_activations(int8_onnx) else "uint8-qdq"
     return requested
 
 
@@ -153,7 +172,7 @@ def convolution_precisions(compiled: Any) -> dict[str, int]:
     counts: Counter[str] = Counter()
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
-        if "layerType" not in info or info["layerType"].astype(str) not in ("Convolution", "GroupConvolution"):
+        if _layer_type(op) not in ("Convolution", "GroupConvolution"):
             continue
         precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
         counts[PRECISION_LABELS.get(precision, precision)] += 1
