@@ -96,7 +96,7 @@ def test_nncf_build_quantizes_outside_the_fp32_keep_rules_and_records_the_precis
     assert xml.with_suffix(".bin").is_file()
 
 
-def test_auto_never_takes_nncf_and_nncf_needs_a_calibration_record(tmp_path):
+def test_without_a_calibration_record_auto_does_not_take_nncf_and_nncf_is_refused(tmp_path):
     import shutil
 
     int8 = shutil.copy(tiny_onnx("int8"), tmp_path / "model.int8.onnx")

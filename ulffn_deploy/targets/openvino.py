@@ -16,11 +16,11 @@ compiles: ``fp32`` artifacts always run f32; ``fp16`` artifacts run bf16 where t
 f16 where it has FP16, else f32; ``int8`` artifacts run their quantized convolutions in INT8 and the
 other layers in ``INT8_OTHER_LAYERS``. ``info``, verify and benchmark show the precision that runs.
 
-INT8 (``targets/openvino_int8.py``, docs/openvino_int8.md): calibrate's Q/DQ file as it is where OpenVINO keeps
-its activations signed (AMX CPUs), else that file with its int8 activations re-encoded as uint8 / zero point
-128 (the same grid), because OpenVINO 2026.4 without AMX computes a signed-int8 Q/DQ after a Concat wrongly;
-on request (``int8_method nncf``) NNCF's quantisation of model.fp32.onnx with calibrate's images and FP32-keep
-rules (fastest, less accurate). The float layers of
+INT8 (``targets/openvino_int8.py``, docs/openvino_int8.md): by default NNCF's quantisation of model.fp32.onnx
+with calibrate's images and FP32-keep rules (fastest); without NNCF, calibrate's Q/DQ file as it is where
+OpenVINO keeps its activations signed (AMX CPUs), else that file with its int8 activations re-encoded as
+uint8 / zero point 128 (the same grid), because OpenVINO 2026.4 without AMX computes a signed-int8 Q/DQ
+after a Concat wrongly. The float layers of
 an INT8 IR run bf16 where the CPU has BF16. The build reads the compiled model's runtime graph and counts
 its convolutions per precision (sidecar ``layer_precisions``); an INT8 IR running none in int8 fails.
 """
@@ -57,10 +57,10 @@ BUILD_OPTIONS = (
     BuildOption("inference_precision", str, "auto", "OpenVINO CPU inference precision: auto = f32 for an fp32 "
                 "model, bf16 (else f16, else f32) for fp16 as this CPU supports, INT8 with bf16 (else f32) elsewhere "
                 "for int8.", choices=INFERENCE_PRECISIONS),
-    BuildOption("int8_method", str, "auto", "How an INT8 IR is made: qdq (calibrate's file as it is; exact where "
-                "OpenVINO keeps int8 activations signed, AMX CPUs), uint8-qdq (calibrate's file re-encoded; exact "
-                "everywhere, slower), nncf (NNCF quantises model.fp32.onnx on calibrate's images; fastest, less "
-                "accurate); auto = qdq where exact here, else uint8-qdq.",
+    BuildOption("int8_method", str, "auto", "How an INT8 IR is made: nncf (NNCF quantises model.fp32.onnx on "
+                "calibrate's images; fastest), qdq (calibrate's file as it is; exact where OpenVINO keeps int8 "
+                "activations signed, AMX CPUs), uint8-qdq (calibrate's file re-encoded; exact everywhere, slower); "
+                "auto = nncf when installed, else qdq where exact here, else uint8-qdq.",
                 choices=("auto", "nncf", "qdq", "uint8-qdq")),
     BuildOption("performance_hint", str, "latency", "OpenVINO performance hint the artifact loads with by default "
                 "(latency: one request uses every core; throughput: parallel requests).", choices=PERFORMANCE_HINTS),

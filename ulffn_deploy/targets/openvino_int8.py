@@ -5,17 +5,18 @@ Three ways (``int8_method``); ``auto`` is chosen by measurement (docs/openvino_i
 - ``nncf``: NNCF's post-training quantisation of ``model.fp32.onnx`` with the calibration images that
   ``calibrate`` used (its report lists them) and the same FP32-keep rules (the model's ``keep_fp32`` metadata,
   else ULFFN's: CAM, input unit, head, softmax) as NNCF's ignored scope. OpenVINO places and fuses its own
-  quantisation, so this is the fastest (full model on an AMX Xeon: 11x ONNX Runtime FP32, calibrate's file 7x),
-  but on the trained 2-epoch quickstart model it fails the INT8 row (probability error p99 0.14 > 0.1, where
-  calibrate's file gives 0.04), so it is built only on request. Needs the ``nncf`` package (not a dependency;
-  imported here only, when such an IR is built).
+  quantisation, so this is the fastest (full model on an AMX Xeon: 10.6x ONNX Runtime FP32, calibrate's file
+  7.1x), and as accurate as calibrate's file with histogram activation ranges (NNCF's default min/max ranges
+  fail the INT8 row on the 2-epoch quickstart model), on the AMX and the VNNI path alike. Needs the ``nncf``
+  package (the ``export`` extra installs it; imported here only, when such an IR is built).
 - ``qdq``: calibrate's ``model.int8.onnx`` as it is. Exact where OpenVINO runs its convolutions on signed
   int8 activations (AMX CPUs); where it switches them to unsigned (CPUs without AMX), OpenVINO 2026.4
   computes a signed-int8 Q/DQ that follows a Concat wrongly (docs/openvino_int8.md).
 - ``uint8-qdq``: calibrate's file with its int8 (zero point 0) activation Q/DQ re-encoded as uint8 with zero
   point 128: the same grid, exact on every CPU, and the slowest of the three.
 
-``auto`` takes ``qdq`` where OpenVINO runs that file's convolutions on signed int8
+``auto`` takes ``nncf`` when NNCF is installed and calibrate's report names its calibration images (as they
+are still), else ``qdq`` where OpenVINO runs that file's convolutions on signed int8
 (:func:`keeps_signed_activations`), else ``uint8-qdq``.
 """
 
@@ -102,7 +103,7 @@ def choose_method(requested: str, int8_onnx: Path) -> str:
     """The INT8 method a build uses (see the module docstring); UlffnError when ``requested`` cannot run."""
     if requested not in INT8_METHODS:
         raise UlffnError(f"unknown INT8 method {requested!r}", f"use one of {', '.join(INT8_METHODS)}")
-    if requested == "nncf":
+    if requested == "nncf" or (requested == "auto" and nncf_available() and calibration_record(int8_onnx)):
         if not nncf_available():
             raise UlffnError("--int8-method nncf needs the nncf package, which is not installed", NNCF_HINT)
         if calibration_record(int8_onnx) is None:
@@ -157,10 +158,16 @@ def nncf_quantize(fp32_onnx: Path, images: Sequence[Path], log: Callable[[str], 
         log(f"NNCF INT8 quantisation of {fp32_onnx.name} on {len(images)} calibration images "
             f"({len(patterns)} nodes kept FP32)")
     nncf.set_log_level(40)  # its own INFO lines and bars; our Progress reports instead
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    # histogram ranges: NNCF's default min/max ranges fail the INT8 row on the 2-epoch model (p99 0.14 > 0.1)
+    ranges = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM)
     try:
         with progress:
-            return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,
-                                 subset_size=len(images), ignored_scope=nncf.IgnoredScope(patterns=patterns, validate=False))
+            return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(images),
+                                 ignored_scope=nncf.IgnoredScope(patterns=patterns, validate=False),
+                                 advanced_parameters=ranges)
     except Exception as exc:  # NNCF raises its own and internal errors; one line for the user
         raise UlffnError(f"NNCF could not quantize {fp32_onnx.name} ({' '.join(str(exc).split())[:300]})",
                          "build with --int8-method qdq") from exc
