@@ -83,9 +83,10 @@ def test_the_problem_reproduction_graph_is_wrong_signed_and_right_unsigned_on_th
         pytest.skip("this OpenVINO computes the signed-int8 Concat Q/DQ right on the VNNI path")
 
 
-def test_nncf_build_quantizes_outside_the_fp32_keep_rules_and_records_the_precisions(tmp_path):
+def test_default_build_with_nncf_quantizes_outside_the_fp32_keep_rules_and_records_the_precisions(tmp_path):
+    """calibrate's report names its images, so the default (auto) build is NNCF's."""
     pytest.importorskip("nncf", reason="nncf is not installed")
-    xml = registry.build("openvino", tiny_onnx("int8"), tmp_path / "model.int8.xml", options={"int8_method": "nncf"})
+    xml = registry.build("openvino", tiny_onnx("int8"), tmp_path / "model.int8.xml")
     sidecar = json.loads((tmp_path / "model.int8.xml.json").read_text())
     assert sidecar["check"]["int8_method"] == "nncf"
     counts = sidecar["layer_precisions"]
