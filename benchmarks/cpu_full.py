@@ -3,6 +3,12 @@ bf16 where the CPU has it) and INT8, at batch 1 and 4: median, p99, throughput a
 PyTorch, through ``ulffn-deploy benchmark``'s code.
 
     python benchmarks/cpu_full.py [-o benchmarks/results/cpu_full] [--width 64] [--size 512] [--work DIR]
+                                  [--quickstart artifacts]
+
+``--quickstart DIR`` adds, in the same process and run, the same rows for a quickstart folder (its
+``run/best.pt``, ``data/``, ``model.fp32.onnx`` and ``model.int8.onnx``; missing OpenVINO IRs are built
+there), written to ``<out>/quickstart``. OpenVINO INT8 is built as ``build-engine`` builds it by default
+(``int8_method auto``: calibrate's Q/DQ file where the CPU keeps int8 activations signed, i.e. AMX).
 
 The artifacts come from the shipped pipeline (``pipeline_model.make_folder``: export_checkpoint,
 calibrate, registry.build); the benchmark runs in a folder holding only these rows' files. Writes
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--work", type=Path, help="keep the artifacts here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="measure the artifacts an earlier run left in --work")
+    parser.add_argument("--quickstart", type=Path, help="also measure this quickstart artifacts folder")
     args = parser.parse_args(argv)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="ulffn-cpu-full-") as tmp:
@@ -46,9 +54,29 @@ def main(argv: list[str] | None = None) -> None:
         else:
             built = make_folder(folder, args.width, args.size, args.images, args.calibration_images, BUILDS, log)
         rows = measure_folder(folder, [folder / "model.fp32.onnx", *built], work / "measured")
-        results = run_benchmark(rows, args.out, batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
-                                num_images=args.images, build=False, log=log)
-    print(format_markdown(results))
+        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+        results = run_benchmark(rows, args.out, batch_sizes=batch_sizes, num_images=args.images, build=False, log=log)
+        print(format_markdown(results))
+        if args.quickstart:
+            keep = [args.quickstart / "model.fp32.onnx", *quickstart_builds(args.quickstart, log)]
+            quick = measure_folder(args.quickstart, keep, work / "quickstart")
+            print(format_markdown(run_benchmark(quick, args.out / "quickstart", batch_sizes=batch_sizes,
+                                                num_images=args.images, build=False, log=log)))
+
+
+def quickstart_builds(folder: Path, log: Callable[[str], None]) -> list[Path]:
+    """The ``BUILDS`` artifacts of a quickstart folder, built where missing."""
+    from ulffn_deploy.errors import UlffnError
+    from ulffn_deploy.targets.registry import build
+
+    built = []
+    for target, precision in BUILDS:
+        path = folder / f"model.{precision}.xml"
+        try:
+            built.append(path if path.is_file() else build(target, folder / f"model.{precision}.onnx"))
+        except UlffnError as exc:
+            log(f"not built: {target} {precision}: {exc.message}")
+    return built
 
 
 if __name__ == "__main__":

@@ -99,8 +99,10 @@ def calibrate(
         report = {
             "fp32_model": str(source.path), "int8_model": str(output), "opset": _opset(int8),
             "int8_sha256": hashlib.sha256(int8_bytes).hexdigest(),
+            "fp32_sha256": source.sha256,
             "calibration": {"method": method, "images": len(images), "source": images.source, "ranges": status,
-                            "ranges_file": str(ranges_path(output)), "seconds": round(seconds, 2)},
+                            "ranges_file": str(ranges_path(output)), "seconds": round(seconds, 2),
+                            "files": recorded_paths(images.images, output.parent)},
             "graph": graph_summary(int8, excluded),
             "tensorrt_check": gate.describe(),
             "accuracy": compare_outputs(source.path, int8_bytes, held_out),
@@ -118,6 +120,17 @@ def calibrate(
     if rows:
         log(format_sensitivity(rows))
     return report
+
+
+def recorded_paths(paths: Iterable[Path], folder: Path) -> list[str]:
+    """The calibration images as the report records them (for builds that quantise again, e.g. OpenVINO's):
+    relative to the report's folder where they lie under it, else absolute."""
+    base = folder.resolve()
+    recorded = []
+    for path in paths:
+        resolved = Path(path).resolve()
+        recorded.append(str(resolved.relative_to(base)) if resolved.is_relative_to(base) else str(resolved))
+    return recorded
 
 
 def _stage(commit: ExitStack, output: Path) -> dict[str, Path]:

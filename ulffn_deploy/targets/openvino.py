@@ -16,12 +16,13 @@ compiles: ``fp32`` artifacts always run f32; ``fp16`` artifacts run bf16 where t
 f16 where it has FP16, else f32; ``int8`` artifacts run their quantized convolutions in INT8 and the
 other layers in ``INT8_OTHER_LAYERS``. ``info``, verify and benchmark show the precision that runs.
 
-INT8 uses ``model.int8.onnx``'s calibration as it is, with one exact change of encoding: its symmetric
-activation Q/DQ pairs (int8, zero point 0) become uint8 with zero point 128, the very same quantization
-grid (ONNX Runtime gives bit-identical outputs for both). OpenVINO 2026.4 computes the int8 encoding
-wrongly after ReLU -> BatchNorm -> Concat (measured on the full model: mask Dice 0.80 against FP32, where
-ONNX Runtime's INT8 gives 0.976); with uint8 activations its mask Dice is 0.976 too. The rewrite needs
-the ``onnx`` package, so INT8 builds do (FP32/FP16 builds and every load do not).
+INT8 (``targets/openvino_int8.py``, docs/openvino_int8.md): by default NNCF's quantisation of model.fp32.onnx
+with calibrate's images and FP32-keep rules (fastest); without NNCF, calibrate's Q/DQ file as it is where
+OpenVINO keeps its activations signed (AMX CPUs), else that file with its int8 activations re-encoded as
+uint8 / zero point 128 (the same grid), because OpenVINO 2026.4 without AMX computes a signed-int8 Q/DQ
+after a Concat wrongly. The float layers of
+an INT8 IR run bf16 where the CPU has BF16. The build reads the compiled model's runtime graph and counts
+its convolutions per precision (sidecar ``layer_precisions``); an INT8 IR running none in int8 fails.
 """
 
 from __future__ import annotations
@@ -49,13 +50,18 @@ DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 # OpenVINO's OPTIMIZATION_CAPABILITIES entry a CPU needs to run each inference precision
 NEEDS_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
 LABELS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
-# layers of an INT8 model that are not quantized run in this precision (see the README's OpenVINO section)
-INT8_OTHER_LAYERS = "f32"
+# layers of an INT8 model that are not quantized run in the first of these the CPU has (docs/openvino_int8.md)
+INT8_OTHER_LAYERS = ("bf16", "f32")
 
 BUILD_OPTIONS = (
     BuildOption("inference_precision", str, "auto", "OpenVINO CPU inference precision: auto = f32 for an fp32 "
-                "model, bf16 (else f16, else f32) for fp16 as this CPU supports, INT8 with f32 elsewhere for int8.",
-                choices=INFERENCE_PRECISIONS),
+                "model, bf16 (else f16, else f32) for fp16 as this CPU supports, INT8 with bf16 (else f32) elsewhere "
+                "for int8.", choices=INFERENCE_PRECISIONS),
+    BuildOption("int8_method", str, "auto", "How an INT8 IR is made: nncf (NNCF quantises model.fp32.onnx on "
+                "calibrate's images; fastest), qdq (calibrate's file as it is; exact where OpenVINO keeps int8 "
+                "activations signed, AMX CPUs), uint8-qdq (calibrate's file re-encoded; exact everywhere, slower); "
+                "auto = nncf when installed, else qdq where exact here, else uint8-qdq.",
+                choices=("auto", "nncf", "qdq", "uint8-qdq")),
     BuildOption("performance_hint", str, "latency", "OpenVINO performance hint the artifact loads with by default "
                 "(latency: one request uses every core; throughput: parallel requests).", choices=PERFORMANCE_HINTS),
 )
@@ -105,7 +111,7 @@ def resolve_inference_precision(requested: str, source_precision: str, caps: Seq
         return "f32"
     if requested == "auto":
         if source_precision == "int8":
-            return INT8_OTHER_LAYERS
+            return next((p for p in INT8_OTHER_LAYERS if NEEDS_CAPABILITY.get(p, "") in (*caps, "")), "f32")
         return next((p for p in ("bf16", "f16") if NEEDS_CAPABILITY[p] in caps), "f32")
     need = NEEDS_CAPABILITY.get(requested)
     if need and need not in caps:
@@ -225,6 +231,7 @@ class OpenVinoSegmenter(Segmenter):
             "performance_hint": self.performance_hint,
             "inference_precision": precision,
             "runs_as": runs_as(self.metadata.precision, precision),
+            "layer_precisions": self.sidecar.get("layer_precisions"),
             "built_on": (self.sidecar.get("cpu") or {}).get("name"),
         }
 
@@ -313,13 +320,11 @@ def build_openvino_ir(source_onnx: Path, output: Path, options: Mapping[str, Any
         output.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
-        readable, recoded = source.path, 0
-        if source.metadata.precision == "int8":
-            readable, recoded = staging / "unsigned.onnx", unsigned_activations(source.path, staging / "unsigned.onnx")
-        model = _read(readable, source.path.name)
+        model, int8 = _source_model(source, options, staging)
         staged = staging / "model.xml"
         ov.save_model(model, os.fspath(staged), compress_to_fp16=False)
-        check = {**_check_ir(staged, source, precision), "uint8_activation_qdq": recoded}
+        check = {**_check_ir(staged, source, precision), **int8}
+        check["layer_precisions"] = _check_precisions(staged, source.metadata.precision, precision)
         seconds = time.perf_counter() - start
         os.replace(weights_path(staged), weights_path(output))
         os.replace(staged, output)
@@ -327,6 +332,45 @@ def build_openvino_ir(source_onnx: Path, output: Path, options: Mapping[str, Any
         shutil.rmtree(staging, ignore_errors=True)
     _write_sidecar(output, source, precision, options, check, seconds, command, caps)
     return output
+
+
+def _source_model(source: Any, options: Mapping[str, Any], staging: Path) -> tuple[Any, dict[str, Any]]:
+    """The ``openvino.Model`` to save for ``source`` and what the sidecar records of how INT8 was made."""
+    if source.metadata.precision != "int8":
+        return _read(source.path, source.path.name), {}
+    from ulffn_deploy.targets import openvino_int8
+
+    method = openvino_int8.choose_method(str(options.get("int8_method", "auto")), source.path)
+    if method == "nncf":
+        record = openvino_int8.calibration_record(source.path)
+        assert record is not None  # choose_method checked it
+        fp32, images = record
+        return openvino_int8.nncf_quantize(fp32, images, log=_log), {
+            "int8_method": "nncf", "calibration_images": len(images), "fp32_onnx": fp32.name}
+    if method == "uint8-qdq":
+        readable = staging / "unsigned.onnx"
+        recoded = unsigned_activations(source.path, readable)
+        return _read(readable, source.path.name), {"int8_method": method, "uint8_activation_qdq": recoded}
+    return _read(source.path, source.path.name), {"int8_method": method}
+
+
+def _log(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
+def _check_precisions(xml: Path, source_precision: str, precision: str) -> dict[str, int]:
+    """Convolutions per precision as the IR runs here; UlffnError when an INT8 IR runs none in int8."""
+    from ulffn_deploy.targets.openvino_int8 import convolution_precisions
+
+    compiled = core().compile_model(core().read_model(os.fspath(xml)), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    counts = convolution_precisions(compiled)
+    if source_precision == "int8" and not counts.get("int8"):
+        shown = ", ".join(f"{n} {p}" for p, n in counts.items()) or "none found"
+        raise UlffnError(f"the OpenVINO INT8 IR runs no convolution in int8 (convolutions: {shown})",
+                         "rebuild with another --int8-method, or report the model")
+    return counts
 
 
 def _read(path: Path, name: str) -> Any:
@@ -400,6 +444,7 @@ def _write_sidecar(output: Path, source: Any, precision: str, options: Mapping[s
                 "openvino_capabilities": list(caps)},
         "build_flags": dict(options),
         "ir": {"xml": output.name, "bin": weights_path(output).name, "bin_bytes": weights_path(output).stat().st_size},
+        "layer_precisions": check.get("layer_precisions"),
         "check": check,
         "files": files_record([output, weights_path(output)]),
     })
