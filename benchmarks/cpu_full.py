@@ -8,7 +8,7 @@ PyTorch, through ``ulffn-deploy benchmark``'s code.
 ``--quickstart DIR`` adds, in the same process and run, the same rows for a quickstart folder (its
 ``run/best.pt``, ``data/``, ``model.fp32.onnx`` and ``model.int8.onnx``; missing OpenVINO IRs are built
 there), written to ``<out>/quickstart``. OpenVINO INT8 is built as ``build-engine`` builds it by default
-(``int8_method auto``: calibrate's Q/DQ file where the CPU keeps int8 activations signed, i.e. AMX).
+(``int8_method auto``: NNCF on calibrate's images when NNCF is installed; docs/openvino_int8.md).
 
 The artifacts come from the shipped pipeline (``pipeline_model.make_folder``: export_checkpoint,
 calibrate, registry.build); the benchmark runs in a folder holding only these rows' files. Writes

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 import time
@@ -12,12 +11,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ulffn_deploy.contract import rules_from_json
+from ulffn_deploy.contract import recorded_keep_rules
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.export.trt_gate import check_onnx
 from ulffn_deploy.fileio import atomic_path, check_writable_file, output_errors, write_json_atomic
-from ulffn_deploy.keep_fp32 import KeepFp32
 from ulffn_deploy.runtime.metadata import ArtifactMetadata, set_metadata
 
 from .quantize import (
@@ -82,7 +80,7 @@ def calibrate(
     check_writable_file(output)  # before the long run, not after it
     found = find_images(data, split)
     images = found.subset(evenly_spaced(len(found), num_images))
-    excluded = plan_exclusions(fp32.graph, exclude, keep_rules(source.metadata))
+    excluded = plan_exclusions(fp32.graph, exclude, recorded_keep_rules(source.metadata.extra))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ulffn-calib-") as tmp, ExitStack() as commit:
         staged = _stage(commit, output)
@@ -155,14 +153,6 @@ def _ranges(prepared: Path, source: SourceModel, images: ImageSet, method: str, 
                             _width(source.metadata), log)
     save_ranges(save_to, expected, ranges)
     return ranges, f"ranges computed, saved to {path.name}"
-
-
-def keep_rules(metadata: ArtifactMetadata) -> tuple[KeepFp32, ...] | None:
-    """The FP32-keep rules an imported model records in its metadata (None: ULFFN's own)."""
-    recorded = metadata.extra.get("keep_fp32")
-    if recorded is None:
-        return None
-    return rules_from_json(json.loads(recorded) if isinstance(recorded, str) else recorded, "ulffn.keep_fp32")
 
 
 def _width(metadata: ArtifactMetadata) -> int:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from ulffn_deploy.deps import require
 from ulffn_deploy.errors import UlffnError
-from ulffn_deploy.keep_fp32 import ULFFN_KEEP_FP32, KeepFp32, keep_fp32_nodes
+from ulffn_deploy.keep_fp32 import KeepFp32, kept_nodes
 
 from .reader import ImageBatchReader
 from .source import Preprocessing
@@ -114,7 +114,7 @@ def compute_ranges(prepared: Path, images: Sequence[Path], preprocessing: Prepro
         for start in range(0, len(images), chunk):
             part = images[start : start + chunk]
             with _quiet():
-                calibrator.collect_data(ImageBatchReader(part, preprocessing, input_name, batch_size=min(chunk, 8)))
+                calibrator.collect_data(ImageBatchReader(part, preprocessing, input_name, batch_size=even_batch(len(part))))
             log(f"  calibrated {start + len(part)}/{len(images)} images")
         if method != "minmax":
             log(f"  choosing {method} thresholds from the histograms")
@@ -122,6 +122,12 @@ def compute_ranges(prepared: Path, images: Sequence[Path], preprocessing: Prepro
             tensors = calibrator.compute_data()
     return {name: (float(np.asarray(data.range_value[0]).item()), float(np.asarray(data.range_value[1]).item()))
             for name, data in sorted(tensors.items())}
+
+
+def even_batch(count: int, largest: int = 8) -> int:
+    """The largest batch size up to ``largest`` that divides ``count`` images evenly: ONNX Runtime's histogram
+    calibrators stack every batch of one ``collect_data`` call, so the batches must all have one shape."""
+    return next(size for size in range(min(largest, count), 0, -1) if count % size == 0)
 
 
 def quantize_with_ranges(prepared: Path, ranges: Mapping[str, Sequence[float]], method: str,
@@ -172,7 +178,7 @@ def keep_float_consumers_float(graph: onnx.GraphProto) -> None:
 def default_exclusions(graph: onnx.GraphProto, rules: Sequence[KeepFp32] | None = None) -> dict[str, str]:
     """Nodes kept in FP32, with the reason, by the ``rules`` (an imported model's contract) or ULFFN's:
     the input unit, the head, the softmax and the whole CAM."""
-    return keep_fp32_nodes(graph, ULFFN_KEEP_FP32 if rules is None else rules, "int8")
+    return kept_nodes(graph, rules, "int8")
 
 
 def plan_exclusions(graph: onnx.GraphProto, user: Iterable[str] = (),

@@ -44,3 +44,31 @@ def test_masks_round_trip_and_accept_zero_one(tmp_path):
     Image.fromarray(mask.astype(np.uint8)).save(tmp_path / "01.png")
     assert np.array_equal(read_mask(tmp_path / "01.png"), mask)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_decoding_in_threads_loses_no_warning_of_another_thread(tmp_path):
+    """evaluate and predict decode in a thread pool while other code warns (a skipped sample): decoding must
+    not swap the process-wide warning filters (warnings.catch_warnings did, and such warnings were lost)."""
+    import threading
+    import warnings
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (64, 48), (90, 60, 40)).save(tmp_path / "r.jpg", exif=exif)
+    done = threading.Event()
+
+    def decode() -> None:
+        while not done.is_set():
+            assert read_rgb(tmp_path / "r.jpg").shape == (64, 48, 3)
+
+    workers = [threading.Thread(target=decode) for _ in range(2)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for worker in workers:
+            worker.start()
+        for index in range(300):
+            warnings.warn(f"sample {index}", UserWarning, stacklevel=1)
+        done.set()
+        for worker in workers:
+            worker.join()
+    assert len([w for w in caught if str(w.message).startswith("sample ")]) == 300

@@ -14,6 +14,7 @@ standard library.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -321,6 +322,15 @@ def parse_contract(data: Mapping[str, Any], base: Path, path: Path | None = None
     keep = rules_from_json(precision["keep_fp32"], "precision.keep_fp32")
     return ModelContract(top["name"] or (path.stem if path else "model"), _source(top["source"], base),
                          _input(top["input"]), _output(top["output"]), keep, path.resolve() if path else None)
+
+
+def recorded_keep_rules(extra: Mapping[str, Any]) -> tuple[KeepFp32, ...] | None:
+    """The FP32-keep rules an imported model records in its ONNX metadata (``extra``: the metadata's
+    ``extra``); None for a ULFFN model, whose own rules apply."""
+    recorded = extra.get("keep_fp32")
+    if recorded is None:
+        return None
+    return rules_from_json(json.loads(recorded) if isinstance(recorded, str) else recorded, "ulffn.keep_fp32")
 
 
 def rules_from_json(data: Any, where: str = "keep_fp32") -> tuple[KeepFp32, ...]:

@@ -18,13 +18,18 @@ from ulffn_deploy.errors import UlffnError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 OUTPUTS_MANIFEST = ".ulffn-predict-outputs"  # in a folder predict wrote to: one JSON string per line, a file it wrote
 
+# Pillow's warnings about the files it decodes (a damaged EXIF block, a large image below the refusal limit) are
+# silenced once, for Pillow's modules only: warnings.catch_warnings() around each decode would swap the
+# process-wide filters while other threads decode or warn, and lose their warnings.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", module=r"PIL\.")
+
 
 def image_files(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
     """The image files in ``folder`` (by suffix, any case), sorted; with ``recursive`` also in sub-folders.
 
     Broken symbolic links, FIFOs and devices with an image suffix are listed too, so that reading them reports
-    them. Files that
-    predict wrote (its masks and overlays, listed in OUTPUTS_MANIFEST beside them) are no input and left out."""
+    them. Files that predict wrote (its masks and overlays, listed in OUTPUTS_MANIFEST beside them) are no input and left out."""
     folder = Path(folder)
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     manifests = folder.rglob(OUTPUTS_MANIFEST) if recursive else [folder / OUTPUTS_MANIFEST]
@@ -75,14 +80,12 @@ def _open(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Im
     if isinstance(path, (str, os.PathLike)):
         _check_regular(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # bombs are refused above the limit; a damaged EXIF block is ignored
-            image = Image.open(path)
-            if max_side is not None and image.format == "JPEG" and max(image.size) > max_side:
-                scale = max_side / max(image.size)
-                image.info[_FILE_SIZE] = image.size
-                image.draft("RGB", (math.ceil(image.size[0] * scale), math.ceil(image.size[1] * scale)))
-            image.load()
+        image = Image.open(path)
+        if max_side is not None and image.format == "JPEG" and max(image.size) > max_side:
+            scale = max_side / max(image.size)
+            image.info[_FILE_SIZE] = image.size
+            image.draft("RGB", (math.ceil(image.size[0] * scale), math.ceil(image.size[1] * scale)))
+        image.load()
     except FileNotFoundError as exc:
         raise UlffnError(f"{path}: no such file") from exc
     except Image.DecompressionBombError as exc:
@@ -151,9 +154,7 @@ _EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE
 def _orientation(image: Image.Image) -> int:
     """The EXIF orientation (1: upright); 1 also when the EXIF block is malformed (the pixels are still fine)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Tag data larger than file" and the like: the block is not trusted
-            value = image.getexif().get(_EXIF_ORIENTATION, 1)
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises many kinds of error on hostile blocks
         return 1
     return value if isinstance(value, int) and value in _EXIF_TRANSPOSE else 1
@@ -167,9 +168,7 @@ def _upright(image: Image.Image) -> Image.Image:
 def _decoded(path: object, decode: Callable[[], np.ndarray]) -> np.ndarray:
     """``decode()``; an error converting a hostile file's pixels is an unreadable image, not a crash."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return decode()
+        return decode()
     except Exception as exc:  # noqa: BLE001
         raise _unreadable(path, exc) from exc
 

@@ -115,5 +115,10 @@ def keep_fp32_nodes(graph: Any, rules: Iterable[KeepFp32], precision: str) -> di
     return kept
 
 
+def kept_nodes(graph: Any, rules: Sequence[KeepFp32] | None, precision: str) -> dict[str, str]:
+    """``keep_fp32_nodes`` with a model's own ``rules``, or ULFFN's when it has none (None)."""
+    return keep_fp32_nodes(graph, ULFFN_KEEP_FP32 if rules is None else rules, precision)
+
+
 def rules_to_json(rules: Sequence[KeepFp32]) -> list[dict[str, Any]]:
     return [rule.to_dict() for rule in rules]

@@ -117,23 +117,23 @@ def choose_method(requested: str, int8_onnx: Path) -> str:
 
 def ignored_names(fp32_onnx: Path) -> list[str]:
     """ONNX node names the model's FP32-keep rules keep (its ``keep_fp32`` metadata, else ULFFN's)."""
-    from ulffn_deploy.calib.pipeline import keep_rules
-    from ulffn_deploy.calib.quantize import default_exclusions
+    from ulffn_deploy.contract import recorded_keep_rules
     from ulffn_deploy.deps import require
+    from ulffn_deploy.keep_fp32 import kept_nodes
     from ulffn_deploy.runtime.metadata import get_metadata
 
     onnx = require("onnx")
     model = onnx.load(os.fspath(fp32_onnx), load_external_data=False)
-    return sorted(default_exclusions(model.graph, keep_rules(get_metadata(model, fp32_onnx))))
+    return sorted(kept_nodes(model.graph, recorded_keep_rules(get_metadata(model, fp32_onnx).extra), "int8"))
 
 
 def nncf_quantize(fp32_onnx: Path, images: Sequence[Path], log: Callable[[str], None] | None = None) -> Any:
     """NNCF's INT8 ``openvino.Model`` of ``fp32_onnx`` calibrated on ``images`` (preprocessed as inference
     does), the FP32-keep nodes in NNCF's ignored scope. Shows progress per calibration image."""
-    from ulffn_deploy.calib.source import load_source_model
     from ulffn_deploy.imageio import read_rgb
     from ulffn_deploy.preprocess import preprocess
     from ulffn_deploy.progress import Progress
+    from ulffn_deploy.runtime.metadata import read_metadata
 
     try:
         import nncf
@@ -141,15 +141,14 @@ def nncf_quantize(fp32_onnx: Path, images: Sequence[Path], log: Callable[[str], 
         raise UlffnError(f"nncf is not importable ({exc})", NNCF_HINT) from exc
     from ulffn_deploy.targets.openvino import core
 
-    _, source = load_source_model(fp32_onnx)
-    prep = source.preprocessing
+    metadata = read_metadata(fp32_onnx)
     model = core().read_model(os.fspath(fp32_onnx))
     # OpenVINO names an ONNX node's ops after the node ("<name>", "<name>/WithoutBiases", ...)
     patterns = [re.escape(name) + "(/.*)?" for name in ignored_names(fp32_onnx)]
     progress = Progress(None, "NNCF INT8 quantisation", unit="image pass")
 
     def transform(path: Path) -> Any:
-        batch, _ = preprocess([read_rgb(path)], prep.size, prep.fit_mode, prep.normalization)
+        batch, _ = preprocess([read_rgb(path)], metadata.input_size, metadata.fit_mode, metadata.normalization)
         progress.update()
         return batch
 
