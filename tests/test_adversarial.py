@@ -47,22 +47,6 @@ def no_temp_files(folder: Path) -> bool:
 
 
 @pytest.fixture
-def model(tmp_path: Path) -> Path:
-    path = tmp_path / "model.fp32.onnx"
-    shutil.copy(tiny_onnx("fp32"), path)
-    return path
-
-
-@pytest.fixture
-def images(tmp_path: Path) -> Path:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i, image in enumerate(sample_images(3)):
-        Image.fromarray(image).save(folder / f"ISIC_000000{i}.png")
-    return folder
-
-
-@pytest.fixture
 def read_only(tmp_path: Path):
     """A folder nobody, root included, can create files in; skipped where that cannot be arranged."""
     folder = tmp_path / "read-only"

@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zlib
@@ -50,22 +49,6 @@ def assert_one_line(result: subprocess.CompletedProcess, code: int, *words: str)
 def csv_rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
-
-
-@pytest.fixture
-def model(tmp_path: Path) -> Path:
-    path = tmp_path / "model.fp32.onnx"
-    shutil.copy(tiny_onnx("fp32"), path)
-    return path
-
-
-@pytest.fixture
-def images(tmp_path: Path) -> Path:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i, image in enumerate(sample_images(3)):
-        Image.fromarray(image).save(folder / f"ISIC_000000{i}.png")
-    return folder
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -9,6 +9,7 @@ missing. ``python benchmarks/gpu_checks.py`` runs these and the GPU latency rows
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,20 +111,25 @@ def test_cuda_errors_are_named():
 
 
 # -- TensorRT -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    from ulffn_deploy.targets.tensorrt import build_tensorrt_engine
-
-    out = tmp_path_factory.mktemp("engines")
+def _build_tiny(build, out: Path, suffix: str, options: dict) -> dict:
+    """{precision: artifact} built by ``build`` from the tiny model's ONNX files (int8 where calib is present)."""
     built = {}
     for precision in ("fp32", "fp16", "int8"):
         try:
             onnx = tiny_onnx(precision)
         except pytest.skip.Exception:  # int8 without ulffn_deploy.calib
             continue
-        options = {"min_batch": 1, "opt_batch": 2, "max_batch": 4, "timing_cache": str(out / "timing.cache")}
-        built[precision] = build_tensorrt_engine(onnx, out / f"model.{precision}.engine", options)
+        built[precision] = build(onnx, out / f"model.{precision}{suffix}", options)
     return built
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    from ulffn_deploy.targets.tensorrt import build_tensorrt_engine
+
+    out = tmp_path_factory.mktemp("engines")
+    options = {"min_batch": 1, "opt_batch": 2, "max_batch": 4, "timing_cache": str(out / "timing.cache")}
+    return _build_tiny(build_tensorrt_engine, out, ".engine", options)
 
 
 @needs_trt
@@ -398,15 +404,7 @@ needs_rtx = pytest.mark.skipif(_NO_RTX is not None, reason=f"needs tensorrt_rtx,
 def rtx_engines(tmp_path_factory):
     from ulffn_deploy.targets.tensorrt_rtx import build_rtx_engine
 
-    out = tmp_path_factory.mktemp("rtx")
-    built = {}
-    for precision in ("fp32", "fp16", "int8"):
-        try:
-            onnx = tiny_onnx(precision)
-        except pytest.skip.Exception:  # int8 without ulffn_deploy.calib
-            continue
-        built[precision] = build_rtx_engine(onnx, out / f"model.{precision}.rtxengine", {"max_batch": 4})
-    return built
+    return _build_tiny(build_rtx_engine, tmp_path_factory.mktemp("rtx"), ".rtxengine", {"max_batch": 4})
 
 
 @needs_rtx
