@@ -23,6 +23,7 @@ from tiny_models import sample_images, tiny_onnx
 
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.imageio import read_mask, read_rgb, read_rgb_reduced
+from ulffn_deploy.predict import MANIFEST_NAME
 
 # ---- helpers -----------------------------------------------------------------------------------
 
@@ -285,6 +286,8 @@ def test_predict_into_its_input_folder_twice_predicts_the_images_only(tmp_path, 
     rows = csv_rows(images / "predictions.csv")
     assert sorted(row["mask"] for row in rows) == [f"ISIC_000000{i}_mask.png" for i in range(3)]
     assert not list(images.glob("*_mask_mask.png")) and not list(images.glob("*_overlay_*"))
+    manifest = (images / MANIFEST_NAME).read_text().splitlines()
+    assert len(manifest) == len(set(manifest)) == 1 + 3 * 3  # the CSV and each image's three names, once
 
 
 def test_verify_and_calibrate_never_read_predicts_outputs_as_images(tmp_path, model, images):

@@ -82,6 +82,8 @@ def test_turing_on_request_and_the_runtime_settings_are_recorded(tmp_path):
     ({"cuda_graph_strategy": "always"}, "--cuda-graph-strategy 'always' is not one of disabled, whole-graph"),
     ({"dla_core": 0}, "--dla-core do\\(es\\) not apply to --backend tensorrt-rtx"),
     ({"version_compatible": True}, "--version-compatible do\\(es\\) not apply"),
+    ({"max_batch": 100_000_000_000}, "--max-batch 100000000000 is above 256"),
+    ({"max_hw": 8192}, "--max-hw 8192 is above 2048"),
 ])
 def test_bad_options_are_refused_before_anything_is_written(tmp_path, options, message):
     with pytest.raises(UlffnError, match=message):
@@ -162,6 +164,22 @@ def test_predict_on_an_rtx_engine_exits_2_in_one_line(engines, tmp_path):
     assert result.stderr.startswith("error: cannot run model.fp16.rtxengine with tensorrt-rtx: a TensorRT-RTX engine "
                                     "runs on an RTX GPU")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_rtx_engine_renamed_to_a_tensorrt_plan_is_refused_as_another_targets(engines, tmp_path):
+    """The sidecar names the target that built it: a renamed .rtxengine is not taken for a TensorRT plan."""
+    import shutil
+
+    from ulffn_deploy.imageio import write_rgb
+
+    plan = Path(shutil.copy(engines["fp16"], tmp_path / "model.fp16.engine"))
+    shutil.copy(engines["fp16"].with_name("model.fp16.rtxengine.json"), tmp_path / "model.fp16.engine.json")
+    write_rgb(tmp_path / "lesion.png", sample_images(1)[0])
+    result = run_cli("predict", str(plan), str(tmp_path / "lesion.png"), "-o", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "model.fp16.engine was built by the tensorrt-rtx target, not tensorrt" in result.stderr
+    assert "(.rtxengine)" in result.stderr
+    assert registry.target_named("tensorrt").problem_here(plan).startswith("model.fp16.engine was built by")
 
 
 def test_info_describes_an_rtx_engine(engines):

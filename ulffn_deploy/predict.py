@@ -137,8 +137,11 @@ def _refuse_foreign_files(out: Path, keys: Iterable[Path]) -> None:
 
 def _record(out: Path, names: Iterable[str]) -> None:
     """Add ``names`` to the output folder's manifest (before the files are written: a kill leaves no file
-    of predict's unrecorded)."""
-    lines = "".join(json.dumps(name) + "\n" for name in names)
+    of predict's unrecorded). Names already there are not added again, so reruns do not grow it."""
+    known = recorded_outputs(out)
+    lines = "".join(json.dumps(name) + "\n" for name in dict.fromkeys(names) if name not in known)
+    if not lines:
+        return
     with output_errors(out / MANIFEST_NAME), open(out / MANIFEST_NAME, "a", encoding="utf-8") as handle:
         handle.write(lines)
 

@@ -213,9 +213,21 @@ class Target:
         return shlex.join(self.rebuild_command(path.with_name(f"{ARTIFACT_PREFIX}{precision}.onnx"), path, {}))
 
     def problem_here(self, path: Path) -> str | None:
-        """Why ``path`` cannot be used on this machine (target unavailable, stale or incomplete, or the
-        target's own ``artifact_problem``), or None."""
-        return self.unavailable_reason() or self.stale_problem(path) or self.artifact_problem(path)
+        """Why ``path`` cannot be used on this machine (another target's artifact, target unavailable, stale
+        or incomplete, or the target's own ``artifact_problem``), or None."""
+        return (self.other_target_problem(path) or self.unavailable_reason() or self.stale_problem(path)
+                or self.artifact_problem(path))
+
+    def other_target_problem(self, path: Path) -> str | None:
+        """Why ``path`` is not this target's at all: its sidecar names another target (an RTX engine renamed
+        to .engine, say), or None."""
+        sidecar = _sidecar_or_none(path)
+        built_by = sidecar.get("backend") if sidecar is not None else None
+        if not isinstance(built_by, str) or built_by == self.name:
+            return None
+        suffix = next((str(t.build_suffix) for t in targets() if t.name == built_by and t.build_suffix), None)
+        rename = f"; give it that target's suffix ({suffix})" if suffix else ""
+        return f"{path.name} was built by the {built_by} target, not {self.name} (its sidecar says so){rename}"
 
     def checked_here(self, path: Path) -> str:
         """What can be checked of an artifact on a machine that cannot run it: its size, sidecar and source."""
@@ -605,6 +617,9 @@ def load(path: str | os.PathLike[str], backend: str | None = None, **options: An
     path = Path(path)
     if not path.is_file():
         raise UlffnError(f"{path}: no such model file")
+    other = target.other_target_problem(path)
+    if other:
+        raise UlffnError(other)
     reason = target.unavailable_reason()
     if reason:
         raise UlffnError(f"cannot run {path.name} with {target.name}: {reason}; it runs on {target.runs_on} "

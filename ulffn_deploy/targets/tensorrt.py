@@ -29,10 +29,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ulffn_deploy.config import OUTPUT_STRIDE
+from ulffn_deploy.config import MAX_INPUT_SIZE, OUTPUT_STRIDE
 from ulffn_deploy.devices import require_tensorrt, tensorrt_unavailable_reason
 from ulffn_deploy.errors import UlffnError
 from ulffn_deploy.fileio import write_bytes_atomic, write_json_atomic
+from ulffn_deploy.preprocess import MAX_BATCH_SIZE
 from ulffn_deploy.runtime.metadata import sidecar_path
 from ulffn_deploy.targets.onnx_source import OnnxSource, describe_onnx, sidecar_common
 from ulffn_deploy.targets.registry import BuildOption, Target
@@ -47,12 +48,15 @@ NO_TENSORRT_HINT = ("build the CPU artifact with --backend onnxruntime, or insta
 HARDWARE_COMPATIBILITY = ("none", "ampere-plus")
 
 BUILD_OPTIONS = (
-    BuildOption("min_batch", int, 1, "Smallest batch of the engine's profile.", minimum=1),
-    BuildOption("opt_batch", int, 1, "Batch TensorRT optimises for.", minimum=1),
-    BuildOption("max_batch", int, 8, "Largest batch (the runtime splits larger ones).", minimum=1),
-    BuildOption("min_hw", int, None, "Smallest square input size, for ONNX exported with dynamic H/W.", minimum=OUTPUT_STRIDE),
-    BuildOption("opt_hw", int, None, "Input size TensorRT optimises for (dynamic H/W only).", minimum=OUTPUT_STRIDE),
-    BuildOption("max_hw", int, None, "Largest input size (dynamic H/W only).", minimum=OUTPUT_STRIDE),
+    BuildOption("min_batch", int, 1, "Smallest batch of the engine's profile.", minimum=1, maximum=MAX_BATCH_SIZE),
+    BuildOption("opt_batch", int, 1, "Batch TensorRT optimises for.", minimum=1, maximum=MAX_BATCH_SIZE),
+    BuildOption("max_batch", int, 8, "Largest batch (the runtime splits larger ones).", minimum=1, maximum=MAX_BATCH_SIZE),
+    BuildOption("min_hw", int, None, "Smallest square input size, for ONNX exported with dynamic H/W.", minimum=OUTPUT_STRIDE,
+                maximum=MAX_INPUT_SIZE),
+    BuildOption("opt_hw", int, None, "Input size TensorRT optimises for (dynamic H/W only).", minimum=OUTPUT_STRIDE,
+                maximum=MAX_INPUT_SIZE),
+    BuildOption("max_hw", int, None, "Largest input size (dynamic H/W only).", minimum=OUTPUT_STRIDE,
+                maximum=MAX_INPUT_SIZE),
     BuildOption("workspace", int, None, "Builder workspace limit in MiB.", minimum=1),
     BuildOption("timing_cache", str, None, "Tactic timing cache file, read if present and updated after the build."),
     BuildOption("builder_optimization_level", int, None, "TensorRT builder optimisation level (default 3; higher builds "
