@@ -102,7 +102,7 @@ def test_without_a_calibration_record_auto_does_not_take_nncf_and_nncf_is_refuse
 
     int8 = shutil.copy(tiny_onnx("int8"), tmp_path / "model.int8.onnx")
     assert openvino_int8.calibration_record(tmp_path / "model.int8.onnx") is None
-    assert openvino_int8.choose_method("auto", int8) in ("qdq", "uint8-qdq")
+    assert openvino_int8.plan_method("auto", int8)[0] in ("qdq", "uint8-qdq")
     if openvino_int8.nncf_available():
         with pytest.raises(UlffnError, match="calibration images"):
-            openvino_int8.choose_method("nncf", int8)
+            openvino_int8.plan_method("nncf", int8)

@@ -323,8 +323,10 @@ def build_openvino_ir(source_onnx: Path, output: Path, options: Mapping[str, Any
         model, int8 = _source_model(source, options, staging)
         staged = staging / "model.xml"
         ov.save_model(model, os.fspath(staged), compress_to_fp16=False)
-        check = {**_check_ir(staged, source, precision), **int8}
-        check["layer_precisions"] = _check_precisions(staged, source.metadata.precision, precision)
+        compiled = core().compile_model(core().read_model(os.fspath(staged)), "CPU",
+                                        {"INFERENCE_PRECISION_HINT": precision})
+        check = {**_check_ir(compiled, source), **int8}
+        check["layer_precisions"] = _check_precisions(compiled, source.metadata.precision)
         seconds = time.perf_counter() - start
         os.replace(weights_path(staged), weights_path(output))
         os.replace(staged, output)
@@ -340,10 +342,8 @@ def _source_model(source: Any, options: Mapping[str, Any], staging: Path) -> tup
         return _read(source.path, source.path.name), {}
     from ulffn_deploy.targets import openvino_int8
 
-    method = openvino_int8.choose_method(str(options.get("int8_method", "auto")), source.path)
-    if method == "nncf":
-        record = openvino_int8.calibration_record(source.path)
-        assert record is not None  # choose_method checked it
+    method, record = openvino_int8.plan_method(str(options.get("int8_method", "auto")), source.path)
+    if record is not None:
         fp32, images = record
         return openvino_int8.nncf_quantize(fp32, images, log=_log), {
             "int8_method": "nncf", "calibration_images": len(images), "fp32_onnx": fp32.name}
@@ -360,11 +360,10 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _check_precisions(xml: Path, source_precision: str, precision: str) -> dict[str, int]:
-    """Convolutions per precision as the IR runs here; UlffnError when an INT8 IR runs none in int8."""
+def _check_precisions(compiled: Any, source_precision: str) -> dict[str, int]:
+    """Convolutions per precision as the compiled IR runs here; UlffnError when an INT8 IR runs none in int8."""
     from ulffn_deploy.targets.openvino_int8 import convolution_precisions
 
-    compiled = core().compile_model(core().read_model(os.fspath(xml)), "CPU", {"INFERENCE_PRECISION_HINT": precision})
     counts = convolution_precisions(compiled)
     if source_precision == "int8" and not counts.get("int8"):
         shown = ", ".join(f"{n} {p}" for p, n in counts.items()) or "none found"
@@ -411,13 +410,12 @@ def unsigned_activations(source: Path, output: Path) -> int:
     return changed
 
 
-def _check_ir(xml: Path, source: Any, precision: str) -> dict[str, Any]:
-    """The saved IR, run as it will run, against ONNX Runtime on the source through the harness's build check
+def _check_ir(compiled: Any, source: Any) -> dict[str, Any]:
+    """The saved IR, compiled as it will run, against ONNX Runtime on the source through the harness's build check
     (``onnx_source.check_build``): gated for an fp32 model (always f32: the same graph), recorded otherwise
     (bf16/f16/int8 kernels differ by design; verify judges them against the reference)."""
     from ulffn_deploy.targets.onnx_source import check_build, run_onnx
 
-    compiled = core().compile_model(core().read_model(os.fspath(xml)), "CPU", {"INFERENCE_PRECISION_HINT": precision})
     request = compiled.create_infer_request()
 
     def run_ir(batch: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ Three ways (``int8_method``); ``auto`` is chosen by measurement (docs/openvino_i
 
 ``auto`` takes ``nncf`` when NNCF is installed and calibrate's report names its calibration images (as they
 are still), else ``qdq`` where OpenVINO runs that file's convolutions on signed int8
-(:func:`keeps_signed_activations`), else ``uint8-qdq``.
+(:func:`keeps_signed_activations`); ``plan_method`` decides, else ``uint8-qdq``.
 """
 
 from __future__ import annotations
@@ -89,30 +89,37 @@ def keeps_signed_activations(int8_onnx: Path) -> bool:
     from ulffn_deploy.targets.openvino import core
 
     compiled = core().compile_model(core().read_model(os.fspath(int8_onnx)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    precisions = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
-                  if _layer_type(op) == "Convolution" and "runtimePrecision" in op.get_rt_info()]
-    return "u8" not in precisions
+    return ("Convolution", "u8") not in _convolution_runtime_precisions(compiled)
 
 
-def _layer_type(op: Any) -> str:
-    info = op.get_rt_info()
-    return str(info["layerType"].astype(str)) if "layerType" in info else ""
+def _convolution_runtime_precisions(compiled: Any) -> list[tuple[str, str]]:
+    """(``layerType``, ``runtimePrecision``: u8, i8, bf16, ...; "?" when absent) of each convolution and group
+    convolution the compiled model runs, read from its runtime model."""
+    layers = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layer_type = str(info["layerType"].astype(str)) if "layerType" in info else ""
+        if layer_type in ("Convolution", "GroupConvolution"):
+            layers.append((layer_type, str(info["runtimePrecision"].astype(str)) if "runtimePrecision" in info else "?"))
+    return layers
 
 
-def choose_method(requested: str, int8_onnx: Path) -> str:
-    """The INT8 method a build uses (see the module docstring); UlffnError when ``requested`` cannot run."""
+def plan_method(requested: str, int8_onnx: Path) -> tuple[str, tuple[Path, list[Path]] | None]:
+    """(the INT8 method a build uses, see the module docstring; for ``nncf`` its ``calibration_record``, read
+    once); UlffnError when ``requested`` cannot run."""
     if requested not in INT8_METHODS:
         raise UlffnError(f"unknown INT8 method {requested!r}", f"use one of {', '.join(INT8_METHODS)}")
-    if requested == "nncf" or (requested == "auto" and nncf_available() and calibration_record(int8_onnx)):
+    record = calibration_record(int8_onnx) if requested in ("nncf", "auto") and nncf_available() else None
+    if requested == "nncf" or record is not None:
         if not nncf_available():
             raise UlffnError("--int8-method nncf needs the nncf package, which is not installed", NNCF_HINT)
-        if calibration_record(int8_onnx) is None:
+        if record is None:
             raise UlffnError(f"{report_path(int8_onnx).name} does not name calibration images that exist here "
                              "(or model.fp32.onnx changed since)", "run 'ulffn-deploy calibrate' again")
-        return "nncf"
+        return "nncf", record
     if requested == "auto":
-        return "qdq" if keeps_signed_activations(int8_onnx) else "uint8-qdq"
-    return requested
+        return ("qdq" if keeps_signed_activations(int8_onnx) else "uint8-qdq"), None
+    return requested, None
 
 
 def ignored_names(fp32_onnx: Path) -> list[str]:
@@ -175,11 +182,5 @@ def nncf_quantize(fp32_onnx: Path, images: Sequence[Path], log: Callable[[str], 
 def convolution_precisions(compiled: Any) -> dict[str, int]:
     """{precision: number of convolutions} as OpenVINO's compiled model runs them (its runtime model's
     ``layerType``/``runtimePrecision``): int8, bf16, fp16, fp32."""
-    counts: Counter[str] = Counter()
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-        if _layer_type(op) not in ("Convolution", "GroupConvolution"):
-            continue
-        precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
-        counts[PRECISION_LABELS.get(precision, precision)] += 1
+    counts = Counter(PRECISION_LABELS.get(p, p) for _, p in _convolution_runtime_precisions(compiled))
     return dict(sorted(counts.items()))
